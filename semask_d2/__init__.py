@@ -1,0 +1,5 @@
+"""SeMask for Detectron2. Importing the package registers its models in Detectron2's registries."""
+from .config import add_semask_config
+from .modeling import D2SeMaskSwinTransformer, SemanticPriorLoss
+
+__version__ = "0.1.0"

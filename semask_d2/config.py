@@ -1,0 +1,87 @@
+"""
+Config keys read by semask-d2. Call :func:`add_semask_config` on ``detectron2.config.get_cfg()``
+before merging a SeMask YAML file. Every ``MODEL.SWIN.*`` key of the official SeMask configs is
+here with the same meaning and type, so official files merge; keys the official code lacks are
+marked "new".
+"""
+from detectron2.config import CfgNode as CN
+
+__all__ = ["add_semask_config"]
+
+
+def add_semask_config(cfg: CN) -> None:
+    """
+    Add the SeMask keys to `cfg` in place, with their defaults.
+    """
+    _add_swin_config(cfg)
+    _add_prior_config(cfg)
+
+
+def _add_swin_config(cfg: CN) -> None:
+    cfg.MODEL.SWIN = CN()
+    # Image size (pixels) of the ImageNet pretraining; only sizes the absolute position
+    # embedding (APE). 224 for Swin-T/S, 384 for Swin-B/L.
+    cfg.MODEL.SWIN.PRETRAIN_IMG_SIZE = 224
+    # Side (pixels) of the non-overlapping patches of the patch embedding.
+    cfg.MODEL.SWIN.PATCH_SIZE = 4
+    # Channels of stage 0; stage i has EMBED_DIM * 2**i. T/S 96, B 128, L 192.
+    cfg.MODEL.SWIN.EMBED_DIM = 96
+    # Swin blocks per stage. T [2, 2, 6, 2]; S/B/L [2, 2, 18, 2].
+    cfg.MODEL.SWIN.DEPTHS = [2, 2, 6, 2]
+    # Attention heads per stage. T/S [3, 6, 12, 24], B [4, 8, 16, 32], L [6, 12, 24, 48].
+    cfg.MODEL.SWIN.NUM_HEADS = [3, 6, 12, 24]
+    # Window side (tokens) of the Swin blocks; shifted blocks shift by WINDOW_SIZE // 2.
+    cfg.MODEL.SWIN.WINDOW_SIZE = 7
+    # Hidden width of the block MLPs as a multiple of the channels.
+    cfg.MODEL.SWIN.MLP_RATIO = 4.0
+    # Bias in the qkv projection of window attention.
+    cfg.MODEL.SWIN.QKV_BIAS = True
+    # Attention scale; None means head_dim ** -0.5.
+    cfg.MODEL.SWIN.QK_SCALE = None
+    # Dropout after the patch embedding, MLPs and attention projections.
+    cfg.MODEL.SWIN.DROP_RATE = 0.0
+    # Dropout on the window attention weights.
+    cfg.MODEL.SWIN.ATTN_DROP_RATE = 0.0
+    # Stochastic depth: rates rise linearly from 0 to this value over all blocks.
+    cfg.MODEL.SWIN.DROP_PATH_RATE = 0.3
+    # Add a learned absolute position embedding after the patch embedding.
+    cfg.MODEL.SWIN.APE = False
+    # LayerNorm after the patch embedding.
+    cfg.MODEL.SWIN.PATCH_NORM = True
+    # Features returned, among res2..res5 (strides 4, 8, 16, 32). Prior maps res2_prior..
+    # res5_prior of every stage are returned whenever NUM_SEM_BLOCKS > 0.
+    cfg.MODEL.SWIN.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    # Gradient checkpointing of the Swin blocks during training (less memory, ~30% slower).
+    cfg.MODEL.SWIN.USE_CHECKPOINT = False
+    # Window side (tokens) of the windowed semantic layers (official: 7 for T/S, 12 for B/L;
+    # the official Cityscapes SeMask-L config keeps 7).
+    cfg.MODEL.SWIN.SEM_WINDOW_SIZE = 7
+    # SemanticAttention modules per semantic layer (official: 1). 0 removes the semantic
+    # layers: a plain Swin with the same feature keys and no prior maps.
+    cfg.MODEL.SWIN.NUM_SEM_BLOCKS = 1
+    # New. Per stage, True for windowed and False for global semantic attention, e.g.
+    # [true, true, false, false] for the mmseg SeMask-FPN T/S/L rule. Empty: the official
+    # detectron2 rule (stages 0-2 windowed, stage 3 global with 150 classes; all windowed
+    # otherwise).
+    cfg.MODEL.SWIN.SEM_WINDOWED = []
+    # New. Dropout after mlp_res in SemanticAttention (hard-coded 0.1 in the official code).
+    cfg.MODEL.SWIN.SEM_DROPOUT = 0.1
+    # New. Initialization of the semantic layers:
+    # "mmseg" (default): every Linear trunc_normal(std 0.02) with zero bias, gamma 0; the
+    #   attention branch trains (what the mmseg SeMask-FPN ends up with).
+    # "official": as the detectron2 SeMask code (kaiming-normal, then mlp_res and gamma 0):
+    #   the branch receives exactly zero gradient and stays off. For reproducing official runs.
+    cfg.MODEL.SWIN.SEM_INIT = "mmseg"
+
+
+def _add_prior_config(cfg: CN) -> None:
+    if "MASK_FORMER" not in cfg.MODEL:
+        cfg.MODEL.MASK_FORMER = CN()
+    # Weight of the semantic prior loss `loss_cate` (official name and value).
+    cfg.MODEL.MASK_FORMER.CATE_WEIGHT = 0.4
+    cfg.MODEL.SEMASK = CN()
+    # New. How the summed stride-4 prior map meets the labels:
+    # "detectron2": bilinear with align_corners=True, up to the padded input size (official
+    #   SeMask-Mask2Former); labels smaller than that are padded with the ignore value.
+    # "mmseg": bilinear with align_corners=False, resized to the label size (SeMask-FPN).
+    cfg.MODEL.SEMASK.PRIOR_CONVENTION = "detectron2"

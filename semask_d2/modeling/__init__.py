@@ -1,0 +1,3 @@
+"""SeMask modeling: importing it registers the backbones, meta-architectures and heads."""
+from .backbone import D2SeMaskSwinTransformer
+from .semantic_prior import SemanticPriorLoss

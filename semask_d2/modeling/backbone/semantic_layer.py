@@ -1,0 +1,115 @@
+"""
+The SeMask semantic layer (Jain et al., arXiv 2112.12782), computed exactly as the official
+code does (``shared/spec/SEMASK.md`` §3). Written for semask-d2; parameter names follow the
+official checkpoints (``semantic_layer.norm1``, ``class_injection.{n}.mlp_cls_q`` ...).
+"""
+from typing import Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .swin_blocks import pad_to_multiple, window_partition, window_reverse
+
+__all__ = ["SemanticAttention", "SemanticLayer", "SEM_INIT_MODES"]
+
+# "official": the detectron2 SeMask code, where mlp_res and gamma start at 0 and the attention
+#   branch never receives a gradient. "mmseg": every Linear trunc_normal(0.02) with zero bias,
+#   gamma 0, as the mmseg SeMask-FPN ends up after its init_weights: the branch trains.
+SEM_INIT_MODES = ("mmseg", "official")
+
+
+class SemanticAttention(nn.Module):
+    """
+    Single-head attention whose queries are per-token class logits (the semantic prior).
+
+    out = gamma * Dropout(mlp_res(softmax(Q Ks^T) V)) + x, with x already layer-normed.
+    Official quirks kept on purpose: one head, no 1/sqrt(K) scaling, the residual adds to the
+    normalized input.
+    """
+
+    def __init__(self, dim: int, num_classes: int, dropout: float = 0.1, init: str = "mmseg"):
+        super().__init__()
+        self.mlp_cls_q = nn.Linear(dim, num_classes)
+        self.mlp_cls_k = nn.Linear(dim, num_classes)
+        self.mlp_v = nn.Linear(dim, dim)
+        self.mlp_res = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(dropout)
+        self.gamma = nn.Parameter(torch.zeros(1))
+        self._init_weights(init)
+
+    def _init_weights(self, init: str) -> None:
+        if init not in SEM_INIT_MODES:
+            raise ValueError(f"Unknown semantic-layer init {init!r}; expected one of {SEM_INIT_MODES}")
+        for layer in (self.mlp_cls_q, self.mlp_cls_k, self.mlp_v, self.mlp_res):
+            if init == "official":
+                nn.init.kaiming_normal_(layer.weight)
+            else:
+                nn.init.trunc_normal_(layer.weight, std=0.02)
+            nn.init.zeros_(layer.bias)
+        if init == "official":
+            nn.init.zeros_(self.mlp_res.weight)
+        nn.init.zeros_(self.gamma)
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """
+        Args:
+            x (Tensor): (B', N, C) normalized tokens.
+        Returns:
+            (Tensor, Tensor): the prior logits Q (B', N, K) and the output tokens (B', N, C).
+        """
+        q = self.mlp_cls_q(x)
+        # scale=1.0: the official attention is unscaled.
+        f = F.scaled_dot_product_attention(q, self.mlp_cls_k(x), self.mlp_v(x), scale=1.0)
+        return q, self.gamma * self.proj_drop(self.mlp_res(f)) + x
+
+
+class SemanticLayer(nn.Module):
+    """
+    LayerNorm, then one or more chained :class:`SemanticAttention` modules, either inside
+    non-overlapping unshifted windows or over the whole map.
+
+    Official quirk: in windowed mode the normalized map is zero-padded to a multiple of the
+    window and the pad tokens take part as keys and values, unmasked.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_classes: int,
+        num_blocks: int = 1,
+        window_size: int = 7,
+        windowed: bool = True,
+        dropout: float = 0.1,
+        init: str = "mmseg",
+    ):
+        super().__init__()
+        assert num_blocks >= 1, "a semantic layer holds at least one SemanticAttention"
+        self.window_size = window_size
+        self.windowed = windowed
+        self.norm1 = nn.LayerNorm(dim)
+        self.class_injection = nn.ModuleList(
+            [SemanticAttention(dim, num_classes, dropout, init) for _ in range(num_blocks)]
+        )
+
+    def forward(self, x: torch.Tensor, h: int, w: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """
+        Args:
+            x (Tensor): (B, h * w, C) tokens.
+        Returns:
+            (Tensor, Tensor): tokens (B, h * w, C) and the prior logits (B, h * w, K) of the
+            last SemanticAttention.
+        """
+        b, _, c = x.shape
+        x = self.norm1(x)
+        if self.windowed:
+            x = window_partition(pad_to_multiple(x.view(b, h, w, c), self.window_size), self.window_size)
+        for block in self.class_injection:
+            prior, x = block(x)
+        if self.windowed:
+            hp = h + (-h) % self.window_size
+            wp = w + (-w) % self.window_size
+            x = window_reverse(x, self.window_size, hp, wp)[:, :h, :w].reshape(b, h * w, c)
+            prior = window_reverse(prior, self.window_size, hp, wp)[:, :h, :w]
+            prior = prior.reshape(b, h * w, -1)
+        return x, prior

@@ -1,0 +1,274 @@
+"""
+Swin Transformer building blocks for dense prediction (Liu et al., arXiv 2103.14030).
+
+Written for semask-d2 from the paper and the facts in ``shared/spec/SEMASK.md`` §2; parameter
+names follow the official Swin checkpoints so that ImageNet and SeMask weights load unchanged.
+Every module takes the spatial size as an argument: nothing about the last input is stored.
+"""
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "PatchEmbed",
+    "PatchMerging",
+    "SwinBlock",
+    "WindowAttention",
+    "build_shift_mask",
+    "pad_to_multiple",
+    "relative_position_index",
+    "window_partition",
+    "window_reverse",
+]
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """
+    Zero-pad a (B, H, W, C) tensor at the bottom and right so H and W are multiples of `multiple`.
+    """
+    _, h, w, _ = x.shape
+    pad_h = (multiple - h % multiple) % multiple
+    pad_w = (multiple - w % multiple) % multiple
+    if pad_h or pad_w:
+        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+    return x
+
+
+def window_partition(x: torch.Tensor, window_size: int) -> torch.Tensor:
+    """
+    Args:
+        x (Tensor): (B, H, W, C) with H and W multiples of `window_size`.
+    Returns:
+        Tensor: (B * num_windows, window_size * window_size, C), windows in row-major order.
+    """
+    b, h, w, c = x.shape
+    x = x.view(b, h // window_size, window_size, w // window_size, window_size, c)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window_size * window_size, c)
+
+
+def window_reverse(windows: torch.Tensor, window_size: int, h: int, w: int) -> torch.Tensor:
+    """
+    Inverse of :func:`window_partition`: (B * num_windows, ws * ws, C) -> (B, H, W, C).
+    """
+    c = windows.shape[-1]
+    x = windows.view(-1, h // window_size, w // window_size, window_size, window_size, c)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, h, w, c)
+
+
+def relative_position_index(window_size: int) -> torch.Tensor:
+    """
+    Index into the (2W-1)^2 relative-position bias table for every (query, key) pair of a
+    window: (dh + W - 1) * (2W - 1) + (dw + W - 1). Returns a (W*W, W*W) int64 tensor.
+    """
+    coords = torch.stack(
+        torch.meshgrid(torch.arange(window_size), torch.arange(window_size), indexing="ij")
+    ).flatten(1)
+    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (window_size - 1)
+    return rel[..., 0] * (2 * window_size - 1) + rel[..., 1]
+
+
+def build_shift_mask(
+    h: int, w: int, window_size: int, shift: int, device: torch.device
+) -> torch.Tensor:
+    """
+    Attention mask of shifted windows on a padded (h, w) grid: 0 between tokens of the same
+    region, -100 between tokens that the cyclic shift brought together.
+
+    Returns:
+        Tensor: (num_windows, W*W, W*W) float mask.
+    """
+    region = torch.zeros((1, h, w, 1), device=device)
+    bounds = (slice(0, -window_size), slice(-window_size, -shift), slice(-shift, None))
+    label = 0
+    for hs in bounds:
+        for ws in bounds:
+            region[:, hs, ws, :] = label
+            label += 1
+    ids = window_partition(region, window_size).squeeze(-1)
+    mask = ids[:, None, :] - ids[:, :, None]
+    return mask.masked_fill(mask != 0, -100.0).masked_fill(mask == 0, 0.0)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop the whole residual branch per sample with probability `p`."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(1.0 - self.p)
+        return x * keep / (1.0 - self.p)
+
+
+class WindowAttention(nn.Module):
+    """
+    Multi-head self-attention inside windows with a learned relative position bias.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        window_size: int,
+        num_heads: int,
+        qkv_bias: bool = True,
+        qk_scale: Optional[float] = None,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+    ):
+        super().__init__()
+        self.num_heads = num_heads
+        self.window_size = window_size
+        self.scale = qk_scale or (dim // num_heads) ** -0.5
+        self.attn_drop = attn_drop
+        self.relative_position_bias_table = nn.Parameter(
+            torch.zeros((2 * window_size - 1) ** 2, num_heads)
+        )
+        # Persistent: official checkpoints store it, so their keys match ours one-to-one.
+        self.register_buffer("relative_position_index", relative_position_index(window_size))
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """
+        Args:
+            x (Tensor): (B * num_windows, N, C) window tokens.
+            mask (Tensor or None): (num_windows, N, N) additive mask of shifted windows.
+        """
+        bw, n, c = x.shape
+        qkv = self.qkv(x).reshape(bw, n, 3, self.num_heads, c // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
+        bias = bias.view(n, n, -1).permute(2, 0, 1).unsqueeze(0)
+        if mask is not None:
+            nw = mask.shape[0]
+            bias = (bias + mask.unsqueeze(1)).repeat(bw // nw, 1, 1, 1)
+        x = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=bias.to(q.dtype),
+            dropout_p=self.attn_drop if self.training else 0.0,
+            scale=self.scale,
+        )
+        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(bw, n, c)))
+
+
+class Mlp(nn.Module):
+    """Linear -> GELU -> dropout -> Linear -> dropout."""
+
+    def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_dim, dim)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class SwinBlock(nn.Module):
+    """
+    One Swin block: (shifted) window attention and an MLP, each pre-normed with a residual.
+    The windows pad the normalized tokens with zeros at the bottom/right; padding is cropped.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        window_size: int = 7,
+        shift_size: int = 0,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        qk_scale: Optional[float] = None,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+    ):
+        super().__init__()
+        assert 0 <= shift_size < window_size, "shift_size must be in [0, window_size)"
+        self.window_size = window_size
+        self.shift_size = shift_size
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = WindowAttention(dim, window_size, num_heads, qkv_bias, qk_scale, attn_drop, drop)
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
+
+    def forward(
+        self, x: torch.Tensor, h: int, w: int, shift_mask: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """
+        Args:
+            x (Tensor): (B, h * w, C) tokens.
+            shift_mask (Tensor or None): mask from :func:`build_shift_mask` for this grid;
+                required when the block is shifted.
+        """
+        b, _, c = x.shape
+        ws, shift = self.window_size, self.shift_size
+        y = pad_to_multiple(self.norm1(x).view(b, h, w, c), ws)
+        hp, wp = y.shape[1:3]
+        if shift:
+            y = torch.roll(y, shifts=(-shift, -shift), dims=(1, 2))
+        y = self.attn(window_partition(y, ws), mask=shift_mask if shift else None)
+        y = window_reverse(y, ws, hp, wp)
+        if shift:
+            y = torch.roll(y, shifts=(shift, shift), dims=(1, 2))
+        y = y[:, :h, :w, :].reshape(b, h * w, c)
+        x = x + self.drop_path(y)
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class PatchMerging(nn.Module):
+    """
+    Halve the resolution: concatenate each 2x2 neighbourhood in the order (0,0), (1,0), (0,1),
+    (1,1) [(row, col) offsets], LayerNorm(4C), Linear 4C -> 2C without bias. Odd sizes are
+    zero-padded at the bottom/right.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+        self.norm = nn.LayerNorm(4 * dim)
+
+    def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        b, _, c = x.shape
+        x = pad_to_multiple(x.view(b, h, w, c), 2)
+        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], -1)
+        return self.reduction(self.norm(x.view(b, -1, 4 * c)))
+
+
+class PatchEmbed(nn.Module):
+    """
+    Non-overlapping patch embedding: zero-pad to a multiple of the patch size (bottom/right),
+    Conv patch x patch with stride patch, optional LayerNorm.
+    """
+
+    def __init__(self, patch_size: int = 4, in_chans: int = 3, embed_dim: int = 96, norm=True):
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.norm = nn.LayerNorm(embed_dim) if norm else None
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, int, int]:
+        """
+        Returns:
+            (Tensor, int, int): tokens (B, h * w, C) and the token grid size h, w.
+        """
+        p = self.patch_size
+        _, _, h, w = x.shape
+        x = F.pad(x, (0, (p - w % p) % p, 0, (p - h % p) % p))
+        x = self.proj(x)
+        h, w = x.shape[2:]
+        x = x.flatten(2).transpose(1, 2)
+        if self.norm is not None:
+            x = self.norm(x)
+        return x, h, w

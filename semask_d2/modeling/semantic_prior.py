@@ -1,0 +1,134 @@
+"""
+The SeMask semantic prior: a parameter-free decoder that sums the per-stage prior logits at the
+finest stride, and the cross-entropy prior loss `loss_cate` on it (``SEMASK.md`` §6-7). Shared by
+every SeMask meta-architecture.
+"""
+import math
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from detectron2.config import configurable
+from detectron2.layers import ShapeSpec
+
+__all__ = ["SemanticPriorLoss", "PRIOR_CONVENTIONS"]
+
+# "detectron2": official SeMask-Mask2Former; "mmseg": official SeMask-FPN.
+PRIOR_CONVENTIONS = ("detectron2", "mmseg")
+
+
+class SemanticPriorLoss(nn.Module):
+    """
+    Decodes the backbone's prior maps and computes ``loss_cate``.
+
+    Decoding: each prior of stride s is upsampled by log2(s / s0) successive x2 bilinear steps
+    (s0 the finest stride), resized to the finest map if sizes still differ, and summed. Then:
+    "detectron2" upsamples by s0 (align_corners=True) to the padded input size; "mmseg"
+    resizes (align_corners=False) to the label size.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        in_features: Sequence[str],
+        in_strides: Sequence[int],
+        ignore_value: int = 255,
+        loss_weight: float = 0.4,
+        convention: str = "detectron2",
+    ):
+        """
+        Args:
+            in_features (list[str]): prior-map keys of the backbone output, e.g. res2_prior.
+            in_strides (list[int]): their strides, in the same order.
+            ignore_value (int): label value excluded from the loss.
+            loss_weight (float): factor of `loss_cate`.
+            convention (str): "detectron2" or "mmseg" (see class docstring).
+        """
+        super().__init__()
+        if convention not in PRIOR_CONVENTIONS:
+            raise ValueError(f"Unknown prior convention {convention!r}; expected one of {PRIOR_CONVENTIONS}")
+        if not in_features or len(in_features) != len(in_strides):
+            raise ValueError(f"Need one stride per prior feature, got {in_features} and {in_strides}")
+        order = sorted(range(len(in_strides)), key=lambda i: in_strides[i])
+        self.in_features = [in_features[i] for i in order]
+        self.base_stride = in_strides[order[0]]
+        self.num_upsamples = [int(round(math.log2(in_strides[i] / self.base_stride))) for i in order]
+        self.ignore_value = ignore_value
+        self.loss_weight = loss_weight
+        self.align_corners = convention == "detectron2"
+        self.convention = convention
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
+        names = [k for k in input_shape if k.endswith("_prior")]
+        return {
+            "in_features": names,
+            "in_strides": [input_shape[k].stride for k in names],
+            "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+            "loss_weight": cfg.MODEL.MASK_FORMER.CATE_WEIGHT,
+            "convention": cfg.MODEL.SEMASK.PRIOR_CONVENTION,
+        }
+
+    def _resize(self, x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+        if tuple(x.shape[-2:]) == tuple(size):
+            return x
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=self.align_corners)
+
+    def decode(
+        self, priors: Dict[str, torch.Tensor], label_size: Optional[Tuple[int, int]] = None
+    ) -> torch.Tensor:
+        """
+        Args:
+            priors (dict[str, Tensor]): (B, K, H/s, W/s) logits, at least `in_features`.
+            label_size (tuple[int, int] or None): (H, W) of the labels; required by "mmseg".
+        Returns:
+            Tensor: (B, K, H', W') logits: the padded input size (s0 * finest map) for
+            "detectron2", `label_size` for "mmseg".
+        """
+        base = priors[self.in_features[0]]
+        size = tuple(base.shape[-2:])
+        total = base
+        for name, steps in zip(self.in_features[1:], self.num_upsamples[1:]):
+            x = priors[name]
+            for _ in range(steps):
+                x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=self.align_corners)
+            total = total + self._resize(x, size)
+        if self.convention == "detectron2":
+            return self._resize(total, (size[0] * self.base_stride, size[1] * self.base_stride))
+        if label_size is None:
+            raise ValueError("The mmseg prior convention resizes to the labels: pass label_size")
+        return self._resize(total, label_size)
+
+    def forward(self, priors: Dict[str, torch.Tensor], targets: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """
+        Args:
+            priors (dict[str, Tensor]): backbone prior maps.
+            targets (Tensor): (B, H, W) integer labels, `ignore_value` where unlabelled.
+        Returns:
+            dict[str, Tensor]: {"loss_cate": weighted loss} in training; {} in eval, where the
+            decoder does not run at all.
+        """
+        if not self.training:
+            return {}
+        logits = self.decode(priors, tuple(targets.shape[-2:]))
+        targets = self._match_labels(targets, tuple(logits.shape[-2:]))
+        loss = F.cross_entropy(
+            logits.float(), targets, ignore_index=self.ignore_value, reduction="sum"
+        )
+        # Mean over labelled pixels; 0 (not NaN) when every pixel is ignored.
+        num_labelled = (targets != self.ignore_value).sum().clamp(min=1)
+        return {"loss_cate": self.loss_weight * loss / num_labelled}
+
+    def _match_labels(self, targets: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+        h, w = targets.shape[-2:]
+        if (h, w) == size:
+            return targets
+        if h > size[0] or w > size[1]:
+            raise ValueError(
+                f"Labels of size {(h, w)} are larger than the decoded prior map {size}; pass the "
+                "labels of the images given to the backbone (padded to the same size)"
+            )
+        return F.pad(targets, (0, size[1] - w, 0, size[0] - h), value=self.ignore_value)
