@@ -8,6 +8,7 @@ tokens, so that it shares no vectorised trick (window partition by reshape, mask
 
 Only the test-suite imports this module.
 """
+
 import math
 import re
 
@@ -28,8 +29,8 @@ def _layer_norm(x, weight, bias, eps):
 
 
 def _linear(x, weight, bias=None):
-    """y = x W^T + b."""
-    y = x @ weight.t()
+    """y = x W^T + b, as an explicit broadcast product and sum (no BLAS call)."""
+    y = (x[..., None, :] * weight).sum(dim=-1)
     if bias is not None:
         y = y + bias
     return y
@@ -65,7 +66,7 @@ def _attend(q, k, v, bias=None):
         logits = (k * q[t]).sum(dim=-1)  # (N,): q_t . k_s for every key s
         if bias is not None:
             logits = logits + bias[t]
-        out.append(_softmax_row(logits) @ v)
+        out.append((_softmax_row(logits)[:, None] * v).sum(dim=0))
     return torch.stack(out, dim=0)
 
 
@@ -118,16 +119,14 @@ def _window_attention(tokens, coords, grid, sd, p, num_heads, ws, shift, qk_scal
     """
     n, c = tokens.shape
     hd = c // num_heads
-    scale = qk_scale if qk_scale is not None else hd ** -0.5
+    scale = qk_scale if qk_scale is not None else hd**-0.5
     qkv = _linear(tokens, sd[p + "attn.qkv.weight"], sd[p + "attn.qkv.bias"])  # (N, 3C)
     table = sd[p + "attn.relative_position_bias_table"]  # ((2ws-1)^2, heads)
 
     mask = torch.zeros(n, n, dtype=tokens.dtype)
     if shift > 0:
         hp, wp = grid
-        reg = [
-            (_region(h, hp, ws, shift), _region(w, wp, ws, shift)) for (h, w) in coords
-        ]
+        reg = [(_region(h, hp, ws, shift), _region(w, wp, ws, shift)) for (h, w) in coords]
         for a in range(n):
             for b in range(n):
                 if reg[a] != reg[b]:
@@ -264,7 +263,12 @@ def _patch_merging(x, sd, p, eps):
         for j in range(wo):
             # (row, col) offsets in the order (0,0), (1,0), (0,1), (1,1)
             cat[i, j] = torch.cat(
-                [xp[2 * i, 2 * j], xp[2 * i + 1, 2 * j], xp[2 * i, 2 * j + 1], xp[2 * i + 1, 2 * j + 1]]
+                [
+                    xp[2 * i, 2 * j],
+                    xp[2 * i + 1, 2 * j],
+                    xp[2 * i, 2 * j + 1],
+                    xp[2 * i + 1, 2 * j + 1],
+                ]
             )
     y = _layer_norm(cat, sd[p + "norm.weight"], sd[p + "norm.bias"], eps)
     return _linear(y, sd[p + "reduction.weight"])
@@ -313,8 +317,8 @@ def reference_forward(
         eps (float): LayerNorm epsilon.
 
     Returns:
-        dict[str, Tensor]: ``res{i+2}`` (B, C_i, H_i, W_i) after ``norm{i}``, and, for stages
-        with a semantic layer, ``res{i+2}_prior`` (B, K, H_i, W_i), the raw prior logits.
+        dict[str, Tensor]: ``res{i+2}`` (B, C_i, H_i, W_i) after ``norm{i}`` (for stages whose
+        ``norm{i}`` exists), and, for stages with a semantic layer, ``res{i+2}_prior`` (B, K, H_i, W_i), the raw prior logits.
     """
     sd = {k: v.detach().to(torch.float64) for k, v in state_dict.items()}
     x = x.to(torch.float64)
@@ -336,8 +340,9 @@ def reference_forward(
                     y, sd, f"{lp}semantic_layer.", num_inj, sem_windowed[i], sws, eps
                 )
                 img_outs[f"res{i + 2}_prior"] = prior.permute(2, 0, 1)
-            normed = _layer_norm(y, sd[f"norm{i}.weight"], sd[f"norm{i}.bias"], eps)
-            img_outs[f"res{i + 2}"] = normed.permute(2, 0, 1)
+            if f"norm{i}.weight" in sd:  # output norms exist only for returned stages
+                normed = _layer_norm(y, sd[f"norm{i}.weight"], sd[f"norm{i}.bias"], eps)
+                img_outs[f"res{i + 2}"] = normed.permute(2, 0, 1)
             if f"{lp}downsample.reduction.weight" in sd:
                 y = _patch_merging(y, sd, f"{lp}downsample.", eps)
         per_image.append(img_outs)

@@ -6,6 +6,7 @@ hand; ``TestSeMaskSwinAgainstReference`` then compares every backbone output (fe
 prior maps) with it at atol 1e-6, on 64x64 and 45x71 inputs, windowed and global semantic
 stages, ``sem_window_size != window_size``, chained semantic modules and the plain-Swin case.
 """
+
 import math
 import os
 import sys
@@ -13,10 +14,10 @@ import unittest
 
 import torch
 
+from semask_d2.modeling.backbone.semask_swin import D2SeMaskSwinTransformer
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import semask_reference as ref  # noqa: E402
-
-from semask_d2.modeling.backbone.semask_swin import D2SeMaskSwinTransformer
 
 F64 = torch.float64
 ATOL = 1e-6
@@ -24,7 +25,10 @@ ATOL = 1e-6
 
 def _random_block_sd(c, heads, ws, gen, prefix=""):
     """Random weights of one Swin block (official key names)."""
-    r = lambda *s: torch.randn(*s, generator=gen, dtype=F64)  # noqa: E731
+
+    def r(*shape):
+        return torch.randn(*shape, generator=gen, dtype=F64)
+
     return {
         prefix + "norm1.weight": 1 + 0.2 * r(c),
         prefix + "norm1.bias": 0.2 * r(c),
@@ -44,7 +48,10 @@ def _random_block_sd(c, heads, ws, gen, prefix=""):
 
 def _random_sem_sd(c, k, num_inj, gen, prefix=""):
     """Random weights of one semantic layer (official key names), gamma != 0."""
-    r = lambda *s: torch.randn(*s, generator=gen, dtype=F64)  # noqa: E731
+
+    def r(*shape):
+        return torch.randn(*shape, generator=gen, dtype=F64)
+
     sd = {prefix + "norm1.weight": 1 + 0.2 * r(c), prefix + "norm1.bias": 0.2 * r(c)}
     for n in range(num_inj):
         p = f"{prefix}class_injection.{n}."
@@ -61,7 +68,7 @@ def _global_mha(tokens, sd, p, heads, bias_fn, mask=None):
     hd = c // heads
     qkv = tokens @ sd[p + "attn.qkv.weight"].t() + sd[p + "attn.qkv.bias"]
     qkv = qkv.view(n, 3, heads, hd).permute(1, 2, 0, 3)  # (3, heads, N, hd)
-    q, k, v = qkv[0] * hd ** -0.5, qkv[1], qkv[2]
+    q, k, v = qkv[0] * hd**-0.5, qkv[1], qkv[2]
     logits = q @ k.transpose(-1, -2) + torch.stack([bias_fn(h) for h in range(heads)])
     if mask is not None:
         logits = logits.masked_fill(mask, float("-inf"))
@@ -132,7 +139,10 @@ class TestReferenceSanity(unittest.TestCase):
             sd[f"class_injection.{n}.gamma"] = torch.zeros(1, dtype=F64)
         x = torch.randn(5, 7, c, generator=self.gen, dtype=F64)
         xn = torch.nn.functional.layer_norm(x, (c,), sd["norm1.weight"], sd["norm1.bias"])
-        q = xn @ sd["class_injection.1.mlp_cls_q.weight"].t() + sd["class_injection.1.mlp_cls_q.bias"]
+        q = (
+            xn @ sd["class_injection.1.mlp_cls_q.weight"].t()
+            + sd["class_injection.1.mlp_cls_q.bias"]
+        )
         for windowed in (True, False):
             out, prior = ref._semantic_layer(x, sd, "", 2, windowed, 3, 1e-5)
             torch.testing.assert_close(out, xn, atol=1e-12, rtol=0)
@@ -145,7 +155,10 @@ class TestReferenceSanity(unittest.TestCase):
         x = torch.randn(4, 6, c, generator=self.gen, dtype=F64)
         xn = torch.nn.functional.layer_norm(x, (c,), sd["norm1.weight"], sd["norm1.bias"])
         t = xn.reshape(-1, c)
-        lin = lambda n, z: z @ sd[f"class_injection.0.{n}.weight"].t() + sd[f"class_injection.0.{n}.bias"]  # noqa: E731,E501
+
+        def lin(n, z):
+            return z @ sd[f"class_injection.0.{n}.weight"].t() + sd[f"class_injection.0.{n}.bias"]
+
         q, kk, v = lin("mlp_cls_q", t), lin("mlp_cls_k", t), lin("mlp_v", t)
         want = sd["class_injection.0.gamma"] * lin("mlp_res", (q @ kk.t()).softmax(-1) @ v) + t
         out, prior = ref._semantic_layer(x, sd, "", 1, False, 3, 1e-5)
@@ -169,7 +182,6 @@ class TestReferenceSanity(unittest.TestCase):
         raw = torch.tensor([[[0, 3, 1, 4], [2, 5, 0, 0]], [[6, 0, 7, 0], [8, 0, 0, 0]]], dtype=F64)
         want = torch.nn.functional.layer_norm(raw, (4,), eps=0.0)
         torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
-
 
 
 def _randomize_(model, seed):
@@ -200,8 +212,18 @@ class TestSeMaskSwinAgainstReference(unittest.TestCase):
     NUM_HEADS = [1, 2, 2, 4]
     K = 5
 
-    def _check(self, size, batch=1, *, window_size, sem_window_size, sem_windowed, num_sem_blocks,
-               seed=0):
+    def setUp(self):
+        # Tiny float64 matmuls with 2 OpenMP threads on a busy 2-core machine were observed
+        # to take ~10 ms each (instead of ~10 us); one thread keeps the file within seconds.
+        self._num_threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+
+    def tearDown(self):
+        torch.set_num_threads(self._num_threads)
+
+    def _check(
+        self, size, batch=1, *, window_size, sem_window_size, sem_windowed, num_sem_blocks, seed=0
+    ):
         torch.manual_seed(seed)
         model = D2SeMaskSwinTransformer(
             embed_dim=16,
@@ -218,6 +240,9 @@ class TestSeMaskSwinAgainstReference(unittest.TestCase):
         )
         model = model.double().eval()
         _randomize_(model, seed)
+        for pname, p in model.named_parameters():
+            if "semantic_layer" in pname:  # the branch under test is live everywhere
+                self.assertTrue(bool((p != 0).all()), pname)
         gen = torch.Generator().manual_seed(seed + 1)
         x = torch.randn(batch, 3, *size, generator=gen, dtype=F64)
         with torch.no_grad():
@@ -283,6 +308,7 @@ class TestSeMaskSwinAgainstReference(unittest.TestCase):
             num_sem_blocks=0,
         )
         self.assertFalse(any(k.endswith("_prior") for k in got))
+
 
 if __name__ == "__main__":
     unittest.main()

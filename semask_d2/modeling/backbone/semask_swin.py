@@ -231,7 +231,7 @@ class D2SeMaskSwinTransformer(Backbone):
             self.absolute_pos_embed = None
         self.pos_drop = nn.Dropout(drop_rate)
 
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         self.layers = nn.ModuleList()
         for i in range(num_stages):
             self.layers.append(
