@@ -168,7 +168,7 @@ def convert_state_dict(state_dict: Dict[str, torch.Tensor]) -> Tuple[Dict[str, t
         for j in range(depth):
             key = f"backbone.layers.{i}.blocks.{j}.attn.relative_position_index"
             if key not in new_sd:
-                new_sd[key] = expected
+                new_sd[key] = expected.clone()
                 computed.append(key)
             elif not torch.equal(new_sd[key].long(), expected):
                 raise ConversionError(f"{key} differs from the standard Swin index")
