@@ -5,16 +5,23 @@ here with the same meaning and type, so official files merge; keys the official 
 marked "new".
 """
 from detectron2.config import CfgNode as CN
+from detectron2.projects.deeplab import add_deeplab_config
 
 __all__ = ["add_semask_config"]
 
 
 def add_semask_config(cfg: CN) -> None:
     """
-    Add the SeMask keys to `cfg` in place, with their defaults.
+    Add the SeMask keys to `cfg` in place, with their defaults. Also adds DeepLab's keys
+    (`SOLVER.POLY_LR_POWER`, `INPUT.CROP.SINGLE_CATEGORY_MAX_AREA`, ...), which we reuse.
     """
+    add_deeplab_config(cfg)
     _add_swin_config(cfg)
     _add_prior_config(cfg)
+    _add_fpn_head_config(cfg)
+    _add_input_config(cfg)
+    _add_solver_config(cfg)
+    _add_test_config(cfg)
 
 
 def _add_swin_config(cfg: CN) -> None:
@@ -85,3 +92,46 @@ def _add_prior_config(cfg: CN) -> None:
     #   SeMask-Mask2Former); labels smaller than that are padded with the ignore value.
     # "mmseg": bilinear with align_corners=False, resized to the label size (SeMask-FPN).
     cfg.MODEL.SEMASK.PRIOR_CONVENTION = "detectron2"
+
+
+def _add_fpn_head_config(cfg: CN) -> None:
+    # New. Dropout2d probability before the classifier of the SeMask Semantic-FPN head
+    # (mmseg `dropout_ratio`, 0.1).
+    cfg.MODEL.SEM_SEG_HEAD.DROPOUT = 0.1
+
+
+def _add_input_config(cfg: CN) -> None:
+    # Training mapper, by name in semask_d2's dataset-mapper registry. "mask_former_semantic":
+    # resize, category-area-constrained crop, optional SSD colour jitter, flip, padding; emits
+    # `sem_seg` and per-class `instances`, so it feeds both SemanticSegmentor and MaskFormer.
+    cfg.INPUT.DATASET_MAPPER_NAME = "mask_former_semantic"
+    # Photometric distortion of SSD (brightness, contrast, saturation, hue) in training.
+    cfg.INPUT.COLOR_AUG_SSD = False
+    # Pad training images (value 128 before normalisation) and labels (ignore value) to exactly
+    # this square size (pixels) after cropping; -1: no padding in the mapper.
+    cfg.INPUT.SIZE_DIVISIBILITY = -1
+    # Large-scale-jitter mappers (official Mask2Former keys, kept so official files merge):
+    # output side (pixels) of the square crop.
+    cfg.INPUT.IMAGE_SIZE = 1024
+    # Smallest and largest random scale factor of large-scale jitter.
+    cfg.INPUT.MIN_SCALE = 0.1
+    # (see MIN_SCALE)
+    cfg.INPUT.MAX_SCALE = 2.0
+
+
+def _add_solver_config(cfg: CN) -> None:
+    # Optimizer: "ADAMW" or "SGD" (momentum SOLVER.MOMENTUM, nesterov SOLVER.NESTEROV).
+    # SOLVER.CLIP_GRADIENTS.CLIP_TYPE also accepts "full_model": one L2 norm over all
+    # parameters clipped to CLIP_VALUE (official SeMask/Mask2Former recipe).
+    cfg.SOLVER.OPTIMIZER = "ADAMW"
+    # Learning-rate factor of the backbone parameters (semantic layers included).
+    cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1
+    # Weight decay of nn.Embedding weights (query and level embeddings).
+    cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0
+
+
+def _add_test_config(cfg: CN) -> None:
+    # New. Evaluate Cityscapes semantic datasets with the official cityscapesscripts evaluator
+    # on labelIds (needs `*_gtFine_labelIds.png`, single machine) instead of SemSegEvaluator
+    # on trainIds (same class IoU definition).
+    cfg.TEST.OFFICIAL_CITYSCAPES_EVAL = False
