@@ -1,0 +1,1 @@
+"""Datasets and dataset mappers. Importing it registers the SeMask datasets (lazily)."""

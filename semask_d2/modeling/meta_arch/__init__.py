@@ -1,0 +1,1 @@
+"""SeMask meta-architectures and heads."""
