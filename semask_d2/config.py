@@ -19,6 +19,7 @@ def add_semask_config(cfg: CN) -> None:
     _add_swin_config(cfg)
     _add_prior_config(cfg)
     _add_fpn_head_config(cfg)
+    _add_mask_former_config(cfg)
     _add_input_config(cfg)
     _add_solver_config(cfg)
     _add_test_config(cfg)
@@ -98,6 +99,84 @@ def _add_fpn_head_config(cfg: CN) -> None:
     # New. Dropout2d probability before the classifier of the SeMask Semantic-FPN head
     # (mmseg `dropout_ratio`, 0.1).
     cfg.MODEL.SEM_SEG_HEAD.DROPOUT = 0.1
+
+
+def _add_mask_former_config(cfg: CN) -> None:
+    # Keys of the official SeMask-Mask2Former configs (same names, meanings and types).
+    # Defaults are the Mask2Former semantic-segmentation recipe values.
+    mf = cfg.MODEL.MASK_FORMER
+    # Auxiliary losses on the predictions before the first and after every decoder layer.
+    mf.DEEP_SUPERVISION = True
+    # Class weight of "no object" in loss_ce.
+    mf.NO_OBJECT_WEIGHT = 0.1
+    # Loss weights of loss_ce, loss_mask (point-sampled sigmoid BCE) and loss_dice; they are
+    # also the cost weights of the Hungarian matcher.
+    mf.CLASS_WEIGHT = 2.0
+    # (see CLASS_WEIGHT)
+    mf.MASK_WEIGHT = 5.0
+    # (see CLASS_WEIGHT)
+    mf.DICE_WEIGHT = 5.0
+    # Attention heads of the transformer decoder and of the deformable pixel-decoder encoder.
+    mf.NHEADS = 8
+    # Dropout of the deformable encoder layers (the masked decoder uses none, as official).
+    mf.DROPOUT = 0.0
+    # FFN width of the masked transformer decoder layers.
+    mf.DIM_FEEDFORWARD = 2048
+    # Unused by the multi-scale decoder (a MaskFormer-v1 key kept for official files).
+    mf.ENC_LAYERS = 0
+    # Predictions of the transformer decoder: one before its first layer and one after each of
+    # its DEC_LAYERS - 1 layers (official off-by-one: 10 means 9 layers).
+    mf.DEC_LAYERS = 10
+    # Pre-norm instead of post-norm transformer decoder layers.
+    mf.PRE_NORM = False
+    # Channels of the queries and of the decoder.
+    mf.HIDDEN_DIM = 256
+    # Number of queries.
+    mf.NUM_OBJECT_QUERIES = 100
+    # Which features the transformer decoder reads; "multi_scale_pixel_decoder": the pixel
+    # decoder's 1/32, 1/16, 1/8 maps.
+    mf.TRANSFORMER_IN_FEATURE = "multi_scale_pixel_decoder"
+    # Project decoder inputs with a 1x1 conv even when their channels equal HIDDEN_DIM.
+    mf.ENFORCE_INPUT_PROJ = False
+    # Pad images to a multiple of this (pixels); -1: ask the backbone (32).
+    mf.SIZE_DIVISIBILITY = 32
+    # Registry name of the transformer decoder.
+    mf.TRANSFORMER_DECODER_NAME = "MultiScaleMaskedTransformerDecoder"
+    # Points sampled per mask for the matcher costs and the mask losses (112 * 112).
+    mf.TRAIN_NUM_POINTS = 112 * 112
+    # Candidate points drawn per kept point for importance sampling.
+    mf.OVERSAMPLE_RATIO = 3.0
+    # Fraction of the points taken among the most uncertain candidates; the rest uniform.
+    mf.IMPORTANCE_SAMPLE_RATIO = 0.75
+    mf.TEST = CN()
+    # Inference outputs: semantic (`sem_seg`), instance (`instances`), panoptic (`panoptic_seg`).
+    mf.TEST.SEMANTIC_ON = True
+    # (see SEMANTIC_ON)
+    mf.TEST.INSTANCE_ON = False
+    # (see SEMANTIC_ON)
+    mf.TEST.PANOPTIC_ON = False
+    # Panoptic: keep queries whose class score exceeds this.
+    mf.TEST.OBJECT_MASK_THRESHOLD = 0.8
+    # Panoptic: drop segments keeping less than this fraction of their mask after overlaps.
+    mf.TEST.OVERLAP_THRESHOLD = 0.8
+    # Crop and resize the mask logits to the output size before semantic inference.
+    mf.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE = False
+
+    head = cfg.MODEL.SEM_SEG_HEAD
+    # Channels of the per-pixel mask embeddings.
+    head.MASK_DIM = 256
+    # Registry name of the pixel decoder.
+    head.PIXEL_DECODER_NAME = "MSDeformAttnPixelDecoder"
+    # Layers of the deformable-attention encoder of the pixel decoder.
+    head.TRANSFORMER_ENC_LAYERS = 6
+    # Backbone features refined by the deformable encoder (coarse levels).
+    head.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES = ["res3", "res4", "res5"]
+    # Sampling points per head and level of multi-scale deformable attention.
+    head.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS = 4
+    # Heads of multi-scale deformable attention (official files set 8 = MASK_FORMER.NHEADS).
+    head.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS = 8
+    # New. FFN width of the deformable encoder layers (hard-coded 1024 in the official code).
+    head.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD = 1024
 
 
 def _add_input_config(cfg: CN) -> None:

@@ -1,5 +1,6 @@
 """Config keys: official SeMask YAML files keep their meaning and types in our config."""
 import os
+import re
 import unittest
 
 import torch
@@ -68,6 +69,7 @@ class TestSwinKeys(unittest.TestCase):
         self.assertEqual(cfg.MODEL.MASK_FORMER.CATE_WEIGHT, 0.4)
         source = open(os.path.join(os.path.dirname(__file__), "..", "semask_d2", "config.py")).read()
         lines = source.splitlines()
+        assignment = re.compile(r"^\s+[a-z_]+(\.[A-Z0-9_]+)+ = ")
         for i, line in enumerate(lines):
-            if line.strip().startswith("cfg.") and " = " in line and "CN()" not in line:
+            if assignment.match(line) and "CN()" not in line:
                 self.assertTrue(lines[i - 1].strip().startswith("#"), f"undocumented: {line.strip()}")
