@@ -1,0 +1,85 @@
+"""
+The Semantic-FPN decode head of the mmseg SeMask-FPN, as a subclass of detectron2's
+:class:`SemSegFPNHead` (SEMASK.md §8). Written for semask-d2; no code copied from mmseg or SeMask.
+"""
+
+from typing import Dict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from detectron2.config import configurable
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
+from detectron2.modeling.meta_arch.semantic_seg import SemSegFPNHead
+
+__all__ = ["SeMaskFPNHead"]
+
+
+@SEM_SEG_HEADS_REGISTRY.register()
+class SeMaskFPNHead(SemSegFPNHead):
+    """
+    :class:`SemSegFPNHead` plus a ``Dropout2d`` before the 1x1 classifier, fed by the backbone
+    features directly (the mmseg SeMask-FPN has no FPN neck).
+
+    Per input level of stride s: max(1, log2(s / common_stride)) blocks of [3x3 conv to
+    ``conv_dims`` channels (no bias when normalized), norm, ReLU, x2 bilinear upsample
+    (align_corners=False) unless s == common_stride]; the levels are summed, dropped out and
+    classified; logits are upsampled x common_stride (align_corners=False). The loss is
+    :class:`SemSegFPNHead`'s (cross-entropy over labelled pixels, times ``loss_weight``).
+
+    Key map from a released mmseg SeMask-FPN checkpoint (``decode_head`` = ``BranchFPNHead``,
+    channels 256, i = level 0..3 for res2..res5, j = 0, 2, 4 the conv positions, Upsample
+    modules taking the odd positions in both layouts):
+
+    * ``decode_head.scale_heads.{i}.{j}.conv.weight`` -> ``sem_seg_head.res{i+2}.{j}.weight``
+    * ``decode_head.scale_heads.{i}.{j}.bn.*`` -> ``sem_seg_head.res{i+2}.{j}.norm.*``
+      (weight, bias, running_mean, running_var, num_batches_tracked; NORM "BN" or "SyncBN")
+    * ``decode_head.conv_seg.{weight,bias}`` -> ``sem_seg_head.predictor.{weight,bias}``
+    * ``BranchFPNHead.cls_scale_heads`` has no parameters: the prior decoding is
+      :class:`SemanticPriorLoss`, owned by the meta-architecture.
+
+    Differences from mmseg: fresh convs use detectron2's MSRA fill and the classifier too
+    (mmseg: normal std 0.01); mmseg's OHEM pixel sampler (SeMask-L ADE20K, COCO-Stuff) is not
+    implemented.
+    """
+
+    @configurable
+    def __init__(self, input_shape: Dict[str, ShapeSpec], *, dropout: float = 0.1, **kwargs):
+        """
+        Args:
+            input_shape (dict[str, ShapeSpec]): the features to read, e.g. res2..res5.
+            dropout (float): Dropout2d probability before the classifier (mmseg 0.1).
+            kwargs: the arguments of :class:`SemSegFPNHead` (num_classes, conv_dims,
+                common_stride, loss_weight, norm, ignore_value).
+        """
+        super().__init__(input_shape, **kwargs)
+        self.dropout = nn.Dropout2d(dropout)
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
+        ret = super().from_config(cfg, input_shape)
+        ret["dropout"] = cfg.MODEL.SEM_SEG_HEAD.DROPOUT
+        return ret
+
+    def layers(self, features: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """
+        Args:
+            features (dict[str, Tensor]): at least ``in_features``; other keys (prior maps) are
+                ignored.
+        Returns:
+            Tensor: (B, num_classes, H/common_stride, W/common_stride) logits.
+        """
+        x = None
+        for name, head in zip(self.in_features, self.scale_heads):
+            y = head(features[name])
+            if x is None:
+                x = y
+                continue
+            # mmseg resizes every level to the finest one. Inputs padded to the backbone's
+            # size divisibility (32) already match, so this only acts on unpadded inputs.
+            if y.shape[-2:] != x.shape[-2:]:
+                y = F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
+            x = x + y
+        return self.predictor(self.dropout(x))
