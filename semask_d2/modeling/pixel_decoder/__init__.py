@@ -1,0 +1,7 @@
+"""Pixel decoders for mask-classification heads; importing registers them."""
+
+# The op `ms_deform_attn` is not re-exported: it would shadow its own submodule's name.
+from .build import PIXEL_DECODER_REGISTRY, build_pixel_decoder
+from .ms_deform_attn import MSDeformAttn
+from .ms_deform_attn_pixel_decoder import MSDeformAttnPixelDecoder
+from .position_encoding import PositionEmbeddingSine
