@@ -1,0 +1,262 @@
+"""
+Set-prediction losses of Mask2Former (``shared/spec/MASK2FORMER.md`` §6): after Hungarian
+matching, cross-entropy on the classes of all queries and point-sampled sigmoid BCE and dice on
+the matched masks, for the final prediction and (deep supervision) every auxiliary one.
+Written for semask-d2. The SeMask prior loss `loss_cate` is computed by
+`semask_d2.modeling.semantic_prior.SemanticPriorLoss`, not here.
+"""
+
+from typing import Dict, List, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from detectron2.config import configurable
+from detectron2.projects.point_rend.point_features import (
+    get_uncertain_point_coords_with_randomness,
+    point_sample,
+)
+from detectron2.utils import comm
+
+from .matcher import HungarianMatcher
+
+__all__ = ["SetCriterion", "dice_loss", "sigmoid_ce_loss"]
+
+Indices = List[Tuple[torch.Tensor, torch.Tensor]]
+
+
+def sigmoid_ce_loss(logits: torch.Tensor, targets: torch.Tensor, num_masks: float) -> torch.Tensor:
+    """
+    Args:
+        logits (Tensor): (N, P) mask logits at P points.
+        targets (Tensor): (N, P) binary targets at the same points.
+        num_masks (float): normaliser.
+    Returns:
+        Tensor: scalar, sum over masks of the mean BCE over points, divided by `num_masks`.
+    """
+    loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    return loss.mean(1).sum() / num_masks
+
+
+def dice_loss(logits: torch.Tensor, targets: torch.Tensor, num_masks: float) -> torch.Tensor:
+    """
+    Args:
+        logits (Tensor): (N, P) mask logits at P points.
+        targets (Tensor): (N, P) binary targets at the same points.
+        num_masks (float): normaliser.
+    Returns:
+        Tensor: scalar, sum over masks of 1 - (2 * sum(s * t) + 1) / (sum(s) + sum(t) + 1),
+        s = sigmoid(logits), divided by `num_masks`.
+    """
+    probs = logits.sigmoid()
+    numerator = 2 * (probs * targets).sum(-1)
+    denominator = probs.sum(-1) + targets.sum(-1)
+    return (1 - (numerator + 1) / (denominator + 1)).sum() / num_masks
+
+
+def _uncertainty(logits: torch.Tensor) -> torch.Tensor:
+    # Points whose logit is closest to 0 are the least certain.
+    return -logits.abs()
+
+
+class SetCriterion(nn.Module):
+    """
+    Computes `loss_ce`, `loss_mask` and `loss_dice` (suffixed `_i` for auxiliary output i).
+    The returned losses are unweighted; `weight_dict` holds the factors the meta-architecture
+    applies (and losses missing from it are dropped there).
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        matcher: nn.Module,
+        weight_dict: Dict[str, float],
+        eos_coef: float,
+        num_points: int,
+        oversample_ratio: float,
+        importance_sample_ratio: float,
+        deep_supervision: bool = True,
+    ):
+        """
+        Args:
+            num_classes (int): K, number of classes without "no object".
+            matcher (nn.Module): returns per image (query indices, target indices).
+            weight_dict (dict[str, float]): loss name -> weight, for the meta-architecture.
+            eos_coef (float): class weight of "no object" in the cross-entropy.
+            num_points (int): points sampled per matched mask for the mask losses.
+            oversample_ratio (float): candidate points drawn per sampled point.
+            importance_sample_ratio (float): fraction of points taken among the most uncertain
+                candidates; the rest are uniform.
+            deep_supervision (bool): also compute the losses of "aux_outputs".
+        """
+        super().__init__()
+        self.num_classes = num_classes
+        self.matcher = matcher
+        self.weight_dict = weight_dict
+        self.eos_coef = eos_coef
+        self.num_points = num_points
+        self.oversample_ratio = oversample_ratio
+        self.importance_sample_ratio = importance_sample_ratio
+        self.deep_supervision = deep_supervision
+        empty_weight = torch.ones(num_classes + 1)
+        empty_weight[-1] = eos_coef
+        # Persistent: official checkpoints hold `criterion.empty_weight`.
+        self.register_buffer("empty_weight", empty_weight)
+
+    @classmethod
+    def from_config(cls, cfg) -> Dict:
+        mf = cfg.MODEL.MASK_FORMER
+        weight_dict = {
+            "loss_ce": mf.CLASS_WEIGHT,
+            "loss_mask": mf.MASK_WEIGHT,
+            "loss_dice": mf.DICE_WEIGHT,
+        }
+        if mf.DEEP_SUPERVISION:
+            # One auxiliary prediction per decoder layer: DEC_LAYERS - 1 of them.
+            weight_dict.update(
+                {
+                    f"{k}_{i}": v
+                    for i in range(mf.DEC_LAYERS - 1)
+                    for k, v in list(weight_dict.items())
+                }
+            )
+        # No `loss_cate` entry: SemanticPriorLoss returns it already weighted by CATE_WEIGHT.
+        return {
+            "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+            "matcher": HungarianMatcher(cfg),
+            "weight_dict": weight_dict,
+            "eos_coef": mf.NO_OBJECT_WEIGHT,
+            "num_points": mf.TRAIN_NUM_POINTS,
+            "oversample_ratio": mf.OVERSAMPLE_RATIO,
+            "importance_sample_ratio": mf.IMPORTANCE_SAMPLE_RATIO,
+            "deep_supervision": mf.DEEP_SUPERVISION,
+        }
+
+    def forward(
+        self, outputs: Dict, targets: List[Dict[str, torch.Tensor]]
+    ) -> Dict[str, torch.Tensor]:
+        """
+        Args:
+            outputs (dict): "pred_logits" (B, Q, K + 1), "pred_masks" (B, Q, h, w) and
+                optionally "aux_outputs" (list of dicts with the same two keys).
+            targets (list[dict]): per image, "labels" (T,) int64 and "masks" (T, H, W) binary;
+                sizes may differ between images (masks are zero-padded to the largest).
+        Returns:
+            dict[str, Tensor]: scalar losses `loss_ce`, `loss_mask`, `loss_dice`, and the same
+            with suffix `_i` for each auxiliary output i.
+        """
+        num_masks = self._num_masks(targets, outputs["pred_logits"].device)
+        losses = self._losses(outputs, targets, num_masks)
+        if self.deep_supervision:
+            for i, aux in enumerate(outputs.get("aux_outputs", [])):
+                aux_losses = self._losses(aux, targets, num_masks)
+                losses.update({f"{k}_{i}": v for k, v in aux_losses.items()})
+        return losses
+
+    @staticmethod
+    def _num_masks(targets: List[Dict[str, torch.Tensor]], device: torch.device) -> float:
+        """Average number of GT masks per process, at least 1."""
+        num_masks = torch.tensor(
+            [float(sum(len(t["labels"]) for t in targets))], dtype=torch.float, device=device
+        )
+        world_size = comm.get_world_size()
+        if world_size > 1:
+            torch.distributed.all_reduce(num_masks)
+        return torch.clamp(num_masks / world_size, min=1).item()
+
+    def _losses(
+        self,
+        outputs: Dict[str, torch.Tensor],
+        targets: List[Dict[str, torch.Tensor]],
+        num_masks: float,
+    ) -> Dict[str, torch.Tensor]:
+        indices = self.matcher(outputs, targets)
+        losses = {"loss_ce": self.loss_labels(outputs["pred_logits"], targets, indices)}
+        losses.update(self.loss_masks(outputs["pred_masks"], targets, indices, num_masks))
+        return losses
+
+    def loss_labels(
+        self, logits: torch.Tensor, targets: List[Dict[str, torch.Tensor]], indices: Indices
+    ) -> torch.Tensor:
+        """
+        Args:
+            logits (Tensor): (B, Q, K + 1) class logits.
+            targets (list[dict]): per image "labels" (T,).
+            indices (list[tuple[Tensor, Tensor]]): matcher output.
+        Returns:
+            Tensor: scalar weighted-mean cross-entropy; unmatched queries target class K.
+        """
+        target_classes = torch.full(
+            logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device
+        )
+        batch_idx, query_idx = self._query_index(indices)
+        matched = [t["labels"][tgt] for t, (_, tgt) in zip(targets, indices)]
+        target_classes[batch_idx, query_idx] = torch.cat(matched).to(logits.device)
+        return F.cross_entropy(logits.float().transpose(1, 2), target_classes, self.empty_weight)
+
+    def loss_masks(
+        self,
+        masks: torch.Tensor,
+        targets: List[Dict[str, torch.Tensor]],
+        indices: Indices,
+        num_masks: float,
+    ) -> Dict[str, torch.Tensor]:
+        """
+        Args:
+            masks (Tensor): (B, Q, h, w) mask logits.
+            targets (list[dict]): per image "masks" (T, H, W).
+            indices (list[tuple[Tensor, Tensor]]): matcher output.
+            num_masks (float): normaliser.
+        Returns:
+            dict[str, Tensor]: scalar "loss_mask" and "loss_dice".
+        """
+        batch_idx, query_idx = self._query_index(indices)
+        src = masks[batch_idx, query_idx]
+        if src.shape[0] == 0:
+            # No matched pair in the batch: zero losses that still belong to the graph.
+            zero = masks.sum() * 0.0
+            return {"loss_mask": zero, "loss_dice": zero.clone()}
+        tgt = self._matched_target_masks(targets, indices, src.dtype)
+
+        with torch.no_grad():
+            coords = get_uncertain_point_coords_with_randomness(
+                src[:, None],
+                _uncertainty,
+                self.num_points,
+                self.oversample_ratio,
+                self.importance_sample_ratio,
+            )
+            point_labels = point_sample(tgt[:, None], coords, align_corners=False)[:, 0]
+        point_logits = point_sample(src[:, None], coords, align_corners=False)[:, 0]
+        return {
+            "loss_mask": sigmoid_ce_loss(point_logits, point_labels, num_masks),
+            "loss_dice": dice_loss(point_logits, point_labels, num_masks),
+        }
+
+    @staticmethod
+    def _query_index(indices: Indices) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(image index, query index) of every matched pair, images in order."""
+        batch_idx = torch.cat([torch.full_like(src, b) for b, (src, _) in enumerate(indices)])
+        query_idx = torch.cat([src for src, _ in indices])
+        return batch_idx, query_idx
+
+    @staticmethod
+    def _matched_target_masks(
+        targets: List[Dict[str, torch.Tensor]], indices: Indices, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """
+        Returns:
+            Tensor: (N, H_max, W_max) the matched GT masks in matching order, zero-padded at
+            the bottom and right to the largest size in the batch so that normalised point
+            coordinates mean the same pixel in every image.
+        """
+        height = max(t["masks"].shape[-2] for t in targets)
+        width = max(t["masks"].shape[-1] for t in targets)
+        matched = []
+        for t, (_, tgt) in zip(targets, indices):
+            m = t["masks"][tgt].to(dtype)
+            matched.append(F.pad(m, (0, width - m.shape[-1], 0, height - m.shape[-2])))
+        return torch.cat(matched)

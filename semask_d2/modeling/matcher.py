@@ -1,0 +1,150 @@
+"""
+Hungarian matching of predicted masks to ground-truth masks, per image, from class and
+point-sampled mask costs (``shared/spec/MASK2FORMER.md`` §5). Written for semask-d2.
+"""
+
+from typing import Dict, List, Tuple
+
+import torch
+import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
+from torch import nn
+
+from detectron2.config import configurable
+from detectron2.projects.point_rend.point_features import point_sample
+
+__all__ = ["HungarianMatcher", "batch_dice_cost", "batch_sigmoid_ce_cost"]
+
+
+def batch_sigmoid_ce_cost(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """
+    Mean over points of the sigmoid binary cross-entropy of every prediction against every
+    target.
+
+    Args:
+        logits (Tensor): (N, P) mask logits at P points.
+        targets (Tensor): (M, P) binary (or soft) target masks at the same points.
+    Returns:
+        Tensor: (N, M) costs.
+    """
+    # BCE(x, t) = t * softplus(-x) + (1 - t) * softplus(x): two matrix products give all pairs.
+    pos = F.softplus(-logits)
+    neg = F.softplus(logits)
+    return (pos @ targets.T + neg @ (1 - targets).T) / logits.shape[1]
+
+
+def batch_dice_cost(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """
+    Dice cost 1 - (2 * sum(s * t) + 1) / (sum(s) + sum(t) + 1), s = sigmoid(logits), for every
+    prediction against every target.
+
+    Args:
+        logits (Tensor): (N, P) mask logits at P points.
+        targets (Tensor): (M, P) binary target masks at the same points.
+    Returns:
+        Tensor: (N, M) costs.
+    """
+    probs = logits.sigmoid()
+    numerator = 2 * probs @ targets.T
+    denominator = probs.sum(-1)[:, None] + targets.sum(-1)[None, :]
+    return 1 - (numerator + 1) / (denominator + 1)
+
+
+class HungarianMatcher(nn.Module):
+    """
+    One-to-one assignment of queries to targets minimising
+    `cost_class * C_class + cost_mask * C_mask + cost_dice * C_dice`, where C_class is minus the
+    softmax probability of the target class and the mask costs are computed at `num_points`
+    random points shared by all masks of an image. Has no parameters.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        num_points: int,
+        cost_class: float = 1.0,
+        cost_mask: float = 1.0,
+        cost_dice: float = 1.0,
+    ):
+        """
+        Args:
+            num_points (int): points sampled per image for the mask costs.
+            cost_class (float): weight of the classification cost.
+            cost_mask (float): weight of the sigmoid cross-entropy mask cost.
+            cost_dice (float): weight of the dice cost.
+        """
+        super().__init__()
+        if num_points <= 0:
+            raise ValueError(f"num_points must be positive, got {num_points}")
+        self.cost_class = cost_class
+        self.cost_mask = cost_mask
+        self.cost_dice = cost_dice
+        self.num_points = num_points
+
+    @classmethod
+    def from_config(cls, cfg) -> Dict:
+        mf = cfg.MODEL.MASK_FORMER
+        return {
+            "cost_class": mf.CLASS_WEIGHT,
+            "cost_mask": mf.MASK_WEIGHT,
+            "cost_dice": mf.DICE_WEIGHT,
+            "num_points": mf.TRAIN_NUM_POINTS,
+        }
+
+    def _random_points(self, device: torch.device) -> torch.Tensor:
+        """(1, num_points, 2) uniform (x, y) in [0, 1]^2; a method so tests can fix it."""
+        return torch.rand(1, self.num_points, 2, device=device)
+
+    def cost_matrix(
+        self,
+        logits: torch.Tensor,
+        masks: torch.Tensor,
+        labels: torch.Tensor,
+        tgt_masks: torch.Tensor,
+    ) -> torch.Tensor:
+        """
+        Args:
+            logits (Tensor): (Q, K + 1) class logits of one image.
+            masks (Tensor): (Q, H, W) mask logits.
+            labels (Tensor): (T,) int64 target classes.
+            tgt_masks (Tensor): (T, H', W') binary target masks (any resolution).
+        Returns:
+            Tensor: (Q, T) float32 matching costs.
+        """
+        cost_class = -logits.float().softmax(-1)[:, labels]
+        coords = self._random_points(masks.device)
+        # Masks as channels of one image: every mask is sampled at the same points, no copies.
+        pred = point_sample(masks[None].float(), coords, align_corners=False)[0]
+        tgt = point_sample(tgt_masks[None].float(), coords, align_corners=False)[0]
+        return (
+            self.cost_mask * batch_sigmoid_ce_cost(pred, tgt)
+            + self.cost_class * cost_class
+            + self.cost_dice * batch_dice_cost(pred, tgt)
+        )
+
+    @torch.no_grad()
+    def forward(
+        self, outputs: Dict[str, torch.Tensor], targets: List[Dict[str, torch.Tensor]]
+    ) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+        """
+        Args:
+            outputs (dict): "pred_logits" (B, Q, K + 1) and "pred_masks" (B, Q, H, W) logits.
+            targets (list[dict]): per image, "labels" (T,) int64 and "masks" (T, H', W').
+        Returns:
+            list[tuple[Tensor, Tensor]]: per image, (query indices, target indices), int64 of
+            length min(Q, T), query indices ascending.
+        """
+        logits, masks = outputs["pred_logits"], outputs["pred_masks"]
+        indices = []
+        # Costs in float32 even under mixed precision, as official.
+        with torch.autocast(device_type=masks.device.type, enabled=False):
+            for b, target in enumerate(targets):
+                if len(target["labels"]) == 0:
+                    empty = torch.empty(0, dtype=torch.int64)
+                    indices.append((empty, empty.clone()))
+                    continue
+                cost = self.cost_matrix(logits[b], masks[b], target["labels"], target["masks"])
+                rows, cols = linear_sum_assignment(cost.cpu().numpy())
+                indices.append(tuple(torch.as_tensor(i, dtype=torch.int64) for i in (rows, cols)))
+        return indices

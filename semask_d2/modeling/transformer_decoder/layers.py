@@ -1,0 +1,162 @@
+"""
+Building blocks of the masked transformer decoder: self-attention, masked cross-attention and
+FFN layers on batch-first query tensors, and the MLP of the mask-embedding head.
+
+Written for semask-d2 from ``shared/spec/MASK2FORMER.md`` §4. Attribute names (`self_attn`,
+`multihead_attn`, `linear1`, `linear2`, `norm`, `layers`) follow the official Mask2Former
+checkpoints so that they load unchanged. Dropout is left out: the official decoder hard-codes 0.
+"""
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["CrossAttentionLayer", "FFNLayer", "MLP", "SelfAttentionLayer"]
+
+
+def _xavier_init(module: nn.Module) -> None:
+    # Official init: xavier_uniform on every matrix; vectors keep their defaults (the attention
+    # biases are zero, the LayerNorm weights one).
+    for p in module.parameters():
+        if p.dim() > 1:
+            nn.init.xavier_uniform_(p)
+
+
+class SelfAttentionLayer(nn.Module):
+    """
+    Self-attention among the queries with a residual and LayerNorm (post-norm by default).
+    Queries and keys carry the positional query embedding; values do not.
+    """
+
+    def __init__(self, d_model: int, nhead: int, normalize_before: bool = False):
+        """
+        Args:
+            d_model (int): channels of the queries.
+            nhead (int): attention heads.
+            normalize_before (bool): pre-norm instead of post-norm.
+        """
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(d_model, nhead, batch_first=True)
+        self.norm = nn.LayerNorm(d_model)
+        self.normalize_before = normalize_before
+        _xavier_init(self)
+
+    def forward(self, tgt: torch.Tensor, query_pos: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            tgt (Tensor): (B, Q, C) queries.
+            query_pos (Tensor): (B, Q, C) positional query embedding.
+        Returns:
+            Tensor: (B, Q, C) updated queries.
+        """
+        x = self.norm(tgt) if self.normalize_before else tgt
+        qk = x + query_pos
+        out = tgt + self.self_attn(qk, qk, x, need_weights=False)[0]
+        return out if self.normalize_before else self.norm(out)
+
+
+class CrossAttentionLayer(nn.Module):
+    """
+    Masked cross-attention from the queries to one feature level, with a residual and LayerNorm
+    (post-norm by default).
+    """
+
+    def __init__(self, d_model: int, nhead: int, normalize_before: bool = False):
+        """
+        Args:
+            d_model (int): channels of the queries and of the memory.
+            nhead (int): attention heads.
+            normalize_before (bool): pre-norm instead of post-norm.
+        """
+        super().__init__()
+        self.multihead_attn = nn.MultiheadAttention(d_model, nhead, batch_first=True)
+        self.norm = nn.LayerNorm(d_model)
+        self.normalize_before = normalize_before
+        _xavier_init(self)
+
+    def forward(
+        self,
+        tgt: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        query_pos: torch.Tensor,
+        attn_mask: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """
+        Args:
+            tgt (Tensor): (B, Q, C) queries.
+            key (Tensor): (B, S, C) memory plus its positional encoding; the caller adds them
+                once per level instead of once per layer.
+            value (Tensor): (B, S, C) memory.
+            query_pos (Tensor): (B, Q, C) positional query embedding.
+            attn_mask (Tensor or None): (B * nhead, Q, S) bool, True where a query may not
+                attend. Rows must not be all True (the softmax would give NaN).
+        Returns:
+            Tensor: (B, Q, C) updated queries.
+        """
+        x = self.norm(tgt) if self.normalize_before else tgt
+        attended = self.multihead_attn(
+            x + query_pos, key, value, attn_mask=attn_mask, need_weights=False
+        )[0]
+        out = tgt + attended
+        return out if self.normalize_before else self.norm(out)
+
+
+class FFNLayer(nn.Module):
+    """Two-layer ReLU feed-forward network with a residual and LayerNorm (post-norm by default)."""
+
+    def __init__(self, d_model: int, dim_feedforward: int, normalize_before: bool = False):
+        """
+        Args:
+            d_model (int): input and output channels.
+            dim_feedforward (int): hidden channels.
+            normalize_before (bool): pre-norm instead of post-norm.
+        """
+        super().__init__()
+        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.norm = nn.LayerNorm(d_model)
+        self.normalize_before = normalize_before
+        _xavier_init(self)
+
+    def forward(self, tgt: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            tgt (Tensor): (B, Q, C) queries.
+        Returns:
+            Tensor: (B, Q, C) updated queries.
+        """
+        x = self.norm(tgt) if self.normalize_before else tgt
+        out = tgt + self.linear2(F.relu(self.linear1(x)))
+        return out if self.normalize_before else self.norm(out)
+
+
+class MLP(nn.Module):
+    """Stack of linear layers with ReLU between them (none after the last)."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int):
+        """
+        Args:
+            input_dim (int): input channels.
+            hidden_dim (int): channels between layers.
+            output_dim (int): output channels.
+            num_layers (int): number of linear layers.
+        """
+        super().__init__()
+        dims = [input_dim] + [hidden_dim] * (num_layers - 1) + [output_dim]
+        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims[:-1], dims[1:]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            x (Tensor): (..., input_dim).
+        Returns:
+            Tensor: (..., output_dim).
+        """
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = F.relu(x)
+        return x
