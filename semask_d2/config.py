@@ -96,8 +96,8 @@ def _add_prior_config(cfg: CN) -> None:
 
 
 def _add_fpn_head_config(cfg: CN) -> None:
-    # New. Dropout2d probability before the classifier of the SeMask Semantic-FPN head
-    # (mmseg `dropout_ratio`, 0.1).
+    # New. Dropout2d probability (0 to 1) on the summed features right before the 1x1
+    # classifier of `SeMaskFPNHead` (mmseg SeMask-FPN `dropout_ratio` 0.1; 0 disables it).
     cfg.MODEL.SEM_SEG_HEAD.DROPOUT = 0.1
 
 
@@ -116,7 +116,7 @@ def _add_mask_former_config(cfg: CN) -> None:
     mf.MASK_WEIGHT = 5.0
     # (see CLASS_WEIGHT)
     mf.DICE_WEIGHT = 5.0
-    # Attention heads of the transformer decoder and of the deformable pixel-decoder encoder.
+    # Attention heads of the masked transformer decoder.
     mf.NHEADS = 8
     # Dropout of the deformable encoder layers (the masked decoder uses none, as official).
     mf.DROPOUT = 0.0
@@ -173,7 +173,8 @@ def _add_mask_former_config(cfg: CN) -> None:
     head.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES = ["res3", "res4", "res5"]
     # Sampling points per head and level of multi-scale deformable attention.
     head.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS = 4
-    # Heads of multi-scale deformable attention (official files set 8 = MASK_FORMER.NHEADS).
+    # Heads of multi-scale deformable attention. Read here; the official code ignored it and
+    # used MASK_FORMER.NHEADS (both are 8 in every official file).
     head.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS = 8
     # New. FFN width of the deformable encoder layers (hard-coded 1024 in the official code).
     head.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD = 1024
@@ -214,3 +215,7 @@ def _add_test_config(cfg: CN) -> None:
     # on labelIds (needs `*_gtFine_labelIds.png`, single machine) instead of SemSegEvaluator
     # on trainIds (same class IoU definition).
     cfg.TEST.OFFICIAL_CITYSCAPES_EVAL = False
+    # New. Test-time augmentation (TEST.AUG.*): apply softmax over classes to each view's
+    # scores before averaging. True for models returning logits (SemanticSegmentor, SeMask-FPN);
+    # False for models returning probabilities (MaskFormer/Mask2Former semantic inference).
+    cfg.TEST.AUG.SOFTMAX = True

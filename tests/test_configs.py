@@ -9,6 +9,7 @@ import torch
 
 from detectron2.config import get_cfg
 from detectron2.modeling import META_ARCH_REGISTRY, build_model
+from detectron2.structures import Instances
 from detectron2.utils.events import EventStorage
 
 from semask_d2 import add_semask_config
@@ -119,44 +120,74 @@ def shrink(cfg):
     cfg.MODEL.SWIN.WINDOW_SIZE = 4
     cfg.MODEL.SWIN.SEM_WINDOW_SIZE = 4
     cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM = 32
-    # The recipes use SyncBN (mmseg); BN keeps the test independent of any process group.
-    cfg.MODEL.SEM_SEG_HEAD.NORM = "BN"
+    if cfg.MODEL.META_ARCHITECTURE == "SeMaskMaskFormer":
+        cfg.MODEL.SEM_SEG_HEAD.MASK_DIM = 32
+        cfg.MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS = 1
+        cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS = 2
+        cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD = 64
+        cfg.MODEL.MASK_FORMER.HIDDEN_DIM = 32
+        cfg.MODEL.MASK_FORMER.NHEADS = 2
+        cfg.MODEL.MASK_FORMER.DIM_FEEDFORWARD = 64
+        cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES = 6
+        cfg.MODEL.MASK_FORMER.DEC_LAYERS = 3
+        cfg.MODEL.MASK_FORMER.TRAIN_NUM_POINTS = 64
+    else:
+        # The recipes use SyncBN (mmseg); BN keeps the test independent of any process group.
+        cfg.MODEL.SEM_SEG_HEAD.NORM = "BN"
     return cfg
+
+
+def training_inputs(num_classes):
+    """Two images (one of odd size) with labels and per-class masks, as the mapper emits."""
+    inputs = []
+    for h, w in [(64, 64), (45, 71)]:
+        sem_seg = torch.randint(0, num_classes, (h, w))
+        classes = torch.unique(sem_seg)
+        instances = Instances((h, w))
+        instances.gt_classes = classes
+        instances.gt_masks = sem_seg[None] == classes[:, None, None]
+        inputs.append({"image": torch.rand(3, h, w) * 255, "sem_seg": sem_seg, "instances": instances})
+    return inputs
+
+
+# Loss keys per meta-architecture, for the shrunk models (3 predictions: 2 auxiliary).
+LOSS_KEYS = {
+    "SeMaskSemanticSegmentor": {"loss_sem_seg", "loss_cate"},
+    "SeMaskMaskFormer": {
+        f"{name}{suffix}"
+        for name in ("loss_ce", "loss_mask", "loss_dice")
+        for suffix in ("", "_0", "_1")
+    }
+    | {"loss_cate"},
+}
 
 
 class TestConfigFiles(unittest.TestCase):
     def test_layout(self):
         self.assertEqual(len(leaves()), 12)
         self.assertEqual({(d, s) for _, d, s, _, _ in leaves()}, set(PARAMS))
-        # Per dataset: the dataset base, the architecture base and four leaves.
-        self.assertEqual(len(ALL_CONFIGS), 18)
+        # Per dataset: the dataset base, then per architecture its base and four leaves
+        # (FPN on three datasets, Mask2Former on ADE20K and Cityscapes).
+        # configs/quickstart holds the built-in-dataset configs, tested with their dataset.
+        recipes = [p for p in ALL_CONFIGS if os.sep + "quickstart" + os.sep not in p]
+        self.assertEqual(len(recipes), 3 + 3 * 5 + 2 * 5)
 
     def test_every_file_merges_builds_and_trains_one_step(self):
         for path in ALL_CONFIGS:
             name = os.path.relpath(path, CONFIG_DIR)
             with self.subTest(config=name):
                 cfg = load(path)
-                if cfg.MODEL.META_ARCHITECTURE != "SeMaskSemanticSegmentor":
+                arch = cfg.MODEL.META_ARCHITECTURE
+                if arch not in LOSS_KEYS:
                     # Dataset bases only: they define no model.
                     self.assertTrue(os.path.basename(path).startswith("Base-"), name)
-                    self.assertNotIn("semask_fpn", name)
+                    self.assertNotIn("semask_", name)
                     continue
                 torch.manual_seed(0)
                 model = build_model(shrink(cfg)).train()
-                k = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
-                inputs = [
-                    {
-                        "image": torch.rand(3, 64, 64) * 255,
-                        "sem_seg": torch.randint(0, k, (64, 64)),
-                    },
-                    {
-                        "image": torch.rand(3, 45, 71) * 255,
-                        "sem_seg": torch.randint(0, k, (45, 71)),
-                    },
-                ]
                 with EventStorage():
-                    losses = model(inputs)
-                self.assertEqual(set(losses), {"loss_sem_seg", "loss_cate"})
+                    losses = model(training_inputs(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES))
+                self.assertEqual(set(losses), LOSS_KEYS[arch])
                 self.assertTrue(all(torch.isfinite(v) for v in losses.values()), name)
 
     def test_recipes(self):
