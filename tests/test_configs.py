@@ -9,10 +9,11 @@ import torch
 
 from detectron2.config import get_cfg
 from detectron2.modeling import META_ARCH_REGISTRY, build_model
-from detectron2.structures import Instances
 from detectron2.utils.events import EventStorage
 
 from semask_d2 import add_semask_config
+
+from model_fixtures import shrink, training_inputs
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "configs")
 ALL_CONFIGS = sorted(glob.glob(os.path.join(CONFIG_DIR, "**", "*.yaml"), recursive=True))
@@ -109,45 +110,6 @@ def mmseg_windowed(embed_dim, num_classes):
     if embed_dim in (96, 192) and num_classes > 19:
         return [True, True, False, False]
     return [True] * 4
-
-
-def shrink(cfg):
-    """Tiny CPU overrides; the recipe's classes and windowed lists stay."""
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.SWIN.EMBED_DIM = 16
-    cfg.MODEL.SWIN.DEPTHS = [1, 1, 2, 1]
-    cfg.MODEL.SWIN.NUM_HEADS = [1, 2, 2, 4]
-    cfg.MODEL.SWIN.WINDOW_SIZE = 4
-    cfg.MODEL.SWIN.SEM_WINDOW_SIZE = 4
-    cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM = 32
-    if cfg.MODEL.META_ARCHITECTURE == "SeMaskMaskFormer":
-        cfg.MODEL.SEM_SEG_HEAD.MASK_DIM = 32
-        cfg.MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS = 1
-        cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS = 2
-        cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD = 64
-        cfg.MODEL.MASK_FORMER.HIDDEN_DIM = 32
-        cfg.MODEL.MASK_FORMER.NHEADS = 2
-        cfg.MODEL.MASK_FORMER.DIM_FEEDFORWARD = 64
-        cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES = 6
-        cfg.MODEL.MASK_FORMER.DEC_LAYERS = 3
-        cfg.MODEL.MASK_FORMER.TRAIN_NUM_POINTS = 64
-    else:
-        # The recipes use SyncBN (mmseg); BN keeps the test independent of any process group.
-        cfg.MODEL.SEM_SEG_HEAD.NORM = "BN"
-    return cfg
-
-
-def training_inputs(num_classes):
-    """Two images (one of odd size) with labels and per-class masks, as the mapper emits."""
-    inputs = []
-    for h, w in [(64, 64), (45, 71)]:
-        sem_seg = torch.randint(0, num_classes, (h, w))
-        classes = torch.unique(sem_seg)
-        instances = Instances((h, w))
-        instances.gt_classes = classes
-        instances.gt_masks = sem_seg[None] == classes[:, None, None]
-        inputs.append({"image": torch.rand(3, h, w) * 255, "sem_seg": sem_seg, "instances": instances})
-    return inputs
 
 
 # Loss keys per meta-architecture, for the shrunk models (3 predictions: 2 auxiliary).

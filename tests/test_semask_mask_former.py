@@ -1,0 +1,163 @@
+"""SeMask-Mask2Former: official configs and checkpoints, training, inference at odd sizes."""
+import os
+import tempfile
+import unittest
+
+import torch
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+from detectron2.utils.events import EventStorage
+
+from semask_d2 import add_semask_config
+from semask_d2.modeling.meta_arch import SeMaskMaskFormer
+from semask_d2.modeling.semantic_prior import SemanticPriorLoss
+
+from model_fixtures import shrink, training_inputs
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+SPEC = os.path.join(ROOT, "..", "shared", "spec")
+TINY_CONFIG = os.path.join(
+    ROOT, "configs/ade20k/semantic-segmentation/semask_mask2former/maskformer2_semask_swin_tiny_bs16_160k.yaml"
+)
+
+
+def tiny_cfg(num_classes=4, **mask_former_test):
+    cfg = get_cfg()
+    add_semask_config(cfg)
+    cfg.merge_from_file(TINY_CONFIG)
+    shrink(cfg)
+    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = num_classes
+    cfg.DATASETS.TEST = ()
+    for key, value in mask_former_test.items():
+        cfg.MODEL.MASK_FORMER.TEST[key] = value
+    return cfg
+
+
+def official_keys(name):
+    keys = {}
+    with open(os.path.join(SPEC, "official_keys", name)) as f:
+        for line in f:
+            key, shape = line.rstrip("\n").split("\t")
+            keys[key] = [int(s) for s in shape.strip("[]").split(",") if s.strip()]
+    return keys
+
+
+class TestOfficialCompatibility(unittest.TestCase):
+    def test_official_config_dumps_build_the_official_key_list(self):
+        for dataset, params in [("ade20k", 222_632_383), ("cityscapes", 221_843_108)]:
+            cfg = get_cfg()
+            add_semask_config(cfg)
+            cfg.merge_from_file(os.path.join(SPEC, "official_configs", f"semask_swinL_mask2former_{dataset}.yaml"))
+            # Shapes only: the full SeMask-L model without allocating its weights.
+            cfg.MODEL.DEVICE = "meta"
+            with torch.device("meta"):
+                model = build_model(cfg)
+            self.assertIsInstance(model, SeMaskMaskFormer)
+            ours = {k: list(v.shape) for k, v in model.state_dict().items()}
+            self.assertEqual(ours, official_keys(f"semask_swinL_mask2former_{dataset}.txt"))
+            # SEMASK.md §13: 222M.
+            self.assertEqual(sum(p.numel() for p in model.parameters()), params)
+
+    def test_checkpoint_round_trip_with_module_versions(self):
+        torch.manual_seed(0)
+        source = build_model(tiny_cfg())
+        state = source.state_dict()
+        # As torch.save stores an official state dict: module-version metadata per prefix.
+        self.assertEqual(state._metadata["sem_seg_head.predictor"]["version"], 2)
+        # An older official file named the content queries `static_query`.
+        legacy = type(state)(
+            (k.replace("predictor.query_feat.", "predictor.static_query."), v) for k, v in state.items()
+        )
+        legacy._metadata = type(state._metadata)(state._metadata)
+        legacy._metadata["sem_seg_head.predictor"] = {"version": 1}
+        for name, checkpoint in [("current", state), ("legacy", legacy)]:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = os.path.join(tmp, "model_final.pth")
+                torch.save({"model": checkpoint, "iteration": 10}, path)
+                target = build_model(tiny_cfg())
+                loaded = torch.load(path, weights_only=True)
+                incompatible = DetectionCheckpointer(target)._load_model(loaded)
+            self.assertEqual(incompatible.missing_keys, [], name)
+            self.assertEqual(incompatible.unexpected_keys, [], name)
+            for key, value in target.state_dict().items():
+                self.assertTrue(torch.equal(value, state[key]), f"{name}: {key}")
+
+
+class TestTraining(unittest.TestCase):
+    def test_losses_and_prior_loss_value(self):
+        torch.manual_seed(0)
+        cfg = tiny_cfg()
+        model = build_model(cfg).train()
+        inputs = training_inputs(4, sizes=((64, 64), (45, 71)))
+        captured = {}
+        model.backbone.register_forward_hook(lambda m, i, out: captured.update(out))
+        with EventStorage():
+            losses = model(inputs)
+        self.assertEqual(len(losses), 3 * 3 + 1)
+        # loss_cate: the shared prior loss on the labels padded to the 64 x 96 batch.
+        padded = torch.full((2, 64, 96), 255)
+        padded[0, :64, :64] = inputs[0]["sem_seg"]
+        padded[1, :45, :71] = inputs[1]["sem_seg"]
+        prior = SemanticPriorLoss(cfg, model.backbone.output_shape()).train()
+        expected = prior(captured, padded)["loss_cate"]
+        torch.testing.assert_close(losses["loss_cate"], expected)
+        # The criterion's losses arrive weighted: loss_mask by MASK_WEIGHT 5.
+        self.assertNotIn("loss_cate", model.criterion.weight_dict)
+
+    def test_short_training_run_loss_goes_down(self):
+        torch.manual_seed(0)
+        model = build_model(tiny_cfg()).train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        inputs = training_inputs(4, sizes=((48, 48), (48, 64)))
+        totals = []
+        with EventStorage():
+            for _ in range(12):
+                loss = sum(model(inputs).values())
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                totals.append(loss.item())
+        self.assertLess(sum(totals[-3:]) / 3, 0.9 * sum(totals[:3]) / 3, totals)
+
+    def test_every_parameter_learns_after_one_step(self):
+        torch.manual_seed(0)
+        cfg = tiny_cfg()
+        # Stochastic depth may drop a whole branch for the batch: off for this check.
+        cfg.MODEL.SWIN.DROP_PATH_RATE = 0.0
+        model = build_model(cfg).train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        inputs = training_inputs(4)
+        for _ in range(2):
+            optimizer.zero_grad()
+            with EventStorage():
+                sum(model(inputs).values()).backward()
+            optimizer.step()
+        no_grad = [k for k, p in model.named_parameters() if p.grad is None or not p.grad.any()]
+        self.assertEqual(no_grad, [])
+
+
+class TestInference(unittest.TestCase):
+    def test_odd_sizes_all_outputs(self):
+        torch.manual_seed(0)
+        model = build_model(tiny_cfg(PANOPTIC_ON=True, INSTANCE_ON=True)).eval()
+        inputs = [
+            {"image": torch.rand(3, 45, 71) * 255, "height": 90, "width": 142},
+            {"image": torch.rand(3, 61, 33) * 255},
+        ]
+        with torch.no_grad():
+            outputs = model(inputs)
+        self.assertEqual(tuple(outputs[0]["sem_seg"].shape), (4, 90, 142))
+        self.assertEqual(tuple(outputs[1]["sem_seg"].shape), (4, 61, 33))
+        # Semantic scores are sums of class probabilities times mask probabilities.
+        self.assertTrue(torch.all(outputs[0]["sem_seg"] >= 0))
+        panoptic, segments = outputs[0]["panoptic_seg"]
+        self.assertEqual(tuple(panoptic.shape), (90, 142))
+        self.assertEqual(outputs[1]["instances"].image_size, (61, 33))
+
+    def test_no_prior_decoding_at_inference(self):
+        model = build_model(tiny_cfg()).eval()
+        model.prior_loss.decode = None  # would raise if called
+        with torch.no_grad():
+            model([{"image": torch.rand(3, 40, 40) * 255}])
