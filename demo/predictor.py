@@ -1,0 +1,209 @@
+"""
+Inference and drawing for ``demo/demo.py``: a :class:`DefaultPredictor` that also returns the
+SeMask prior maps of the same forward pass, and the images drawn from its results (segmentation
+overlay, prior-map overlays). Nothing here reads or writes files.
+"""
+
+from typing import Dict, List, Tuple
+
+import numpy as np
+import torch
+
+from detectron2.config import CfgNode
+from detectron2.data import Metadata, MetadataCatalog
+from detectron2.data.transforms import ResizeShortestEdge
+from detectron2.engine import DefaultPredictor
+from detectron2.utils.colormap import colormap
+from detectron2.utils.visualizer import ColorMode, Visualizer
+
+__all__ = [
+    "PRIOR_ALPHA",
+    "SeMaskPredictor",
+    "blend_labels",
+    "build_metadata",
+    "draw_prior_maps",
+    "draw_sem_seg",
+    "prior_labels_to_image",
+]
+
+# Weight of the palette colour when a prior map is blended over the image.
+PRIOR_ALPHA = 0.5
+
+
+class SeMaskPredictor(DefaultPredictor):
+    """
+    :class:`DefaultPredictor` (test-time resize, weights from ``MODEL.WEIGHTS``, eval mode) for
+    either SeMask meta-architecture. A forward hook on ``model.backbone`` keeps the
+    ``resN_prior`` entries of the backbone's output dict, so the prior maps come from the same
+    forward pass as the segmentation.
+    """
+
+    def __init__(self, cfg: CfgNode):
+        """
+        Args:
+            cfg (CfgNode): a full SeMask config (``add_semask_config`` applied).
+        """
+        super().__init__(cfg)
+        shapes = self.model.backbone.output_shape()
+        # Sorted: res2_prior..res5_prior, finest stride first.
+        self.prior_strides = {
+            name: shapes[name].stride for name in sorted(shapes) if name.endswith("_prior")
+        }
+        self._priors: Dict[str, torch.Tensor] = {}
+        self.model.backbone.register_forward_hook(self._keep_priors)
+
+    def _keep_priors(self, module, inputs, outputs: Dict[str, torch.Tensor]) -> None:
+        self._priors = {name: outputs[name] for name in self.prior_strides}
+
+    def __call__(self, image_bgr: np.ndarray) -> Dict:
+        """
+        Args:
+            image_bgr (ndarray): (H, W, 3) uint8 image in BGR order, as DefaultPredictor takes.
+
+        Returns:
+            dict:
+                * "sem_seg" (ndarray): (H, W) int64 predicted labels.
+                * "priors" (dict[str, ndarray]): per ``resN_prior`` key, the (h, w) argmax over
+                  the K classes of the prior logits, at the stride of that stage on the resized,
+                  padded network input. Empty for a backbone without prior maps.
+                * "resized_size" (tuple[int, int]): (height, width) of the image after the
+                  test-time resize, before padding.
+        """
+        self._priors = {}
+        predictions = super().__call__(image_bgr)
+        height, width = image_bgr.shape[:2]
+        # The size DefaultPredictor's ResizeShortestEdge([MIN, MIN], MAX) produces.
+        resized_size = ResizeShortestEdge.get_output_shape(
+            height, width, self.cfg.INPUT.MIN_SIZE_TEST, self.cfg.INPUT.MAX_SIZE_TEST
+        )
+        return {
+            "sem_seg": predictions["sem_seg"].argmax(dim=0).cpu().numpy(),
+            "priors": {k: v[0].argmax(dim=0).cpu().numpy() for k, v in self._priors.items()},
+            "resized_size": resized_size,
+        }
+
+
+def _palette(num_classes: int) -> List[List[int]]:
+    # detectron2's 74 distinct colours, then fixed random ones: the same on every run.
+    colors = colormap(rgb=True, maximum=255).astype(np.int64).tolist()
+    extra = np.random.RandomState(0).randint(0, 256, size=(max(num_classes - len(colors), 0), 3))
+    return (colors + extra.tolist())[:num_classes]
+
+
+def build_metadata(cfg: CfgNode) -> Metadata:
+    """
+    Class names and RGB colours for drawing, one per class of ``MODEL.SEM_SEG_HEAD.NUM_CLASSES``.
+
+    They come from the metadata of ``DATASETS.TEST[0]`` when it has enough of them; otherwise
+    "class <i>" and a fixed palette. A new object is returned: registered metadata stays as is
+    (Visualizer would otherwise pick random colours for a dataset without ``stuff_colors``).
+
+    Args:
+        cfg (CfgNode): the model config.
+
+    Returns:
+        Metadata: with ``stuff_classes`` (list[str]) and ``stuff_colors`` (list of RGB tuples).
+    """
+    num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+    name = cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else "semask_demo"
+    source = MetadataCatalog.get(name) if len(cfg.DATASETS.TEST) else Metadata()
+    classes = source.get("stuff_classes", [])
+    colors = source.get("stuff_colors", [])
+    if len(classes) < num_classes:
+        classes = [f"class {i}" for i in range(num_classes)]
+    if len(colors) < num_classes:
+        colors = _palette(num_classes)
+    return Metadata(
+        name=name,
+        stuff_classes=list(classes[:num_classes]),
+        stuff_colors=[tuple(int(v) for v in c) for c in colors[:num_classes]],
+    )
+
+
+def draw_sem_seg(image_rgb: np.ndarray, sem_seg: np.ndarray, metadata: Metadata) -> np.ndarray:
+    """
+    Args:
+        image_rgb (ndarray): (H, W, 3) uint8 RGB image.
+        sem_seg (ndarray): (H, W) labels.
+        metadata (Metadata): from :func:`build_metadata`.
+
+    Returns:
+        ndarray: (H, W, 3) uint8 RGB overlay drawn by :class:`Visualizer` (masks, edges, names).
+    """
+    visualizer = Visualizer(image_rgb, metadata, instance_mode=ColorMode.IMAGE)
+    return visualizer.draw_sem_seg(sem_seg).get_image()
+
+
+def _source_index(out_len: int, in_len: int) -> np.ndarray:
+    # Nearest neighbour by pixel centres (torch's "nearest-exact"): output i reads input
+    # floor((i + 0.5) * in_len / out_len).
+    index = ((np.arange(out_len) + 0.5) * in_len / out_len).astype(np.int64)
+    return np.minimum(index, in_len - 1)
+
+
+def prior_labels_to_image(
+    labels: np.ndarray, stride: int, resized_size: Tuple[int, int], image_size: Tuple[int, int]
+) -> np.ndarray:
+    """
+    Map a prior label map back onto the original image.
+
+    Cell (i, j) of a stride-s map covers input pixels [i*s, (i+1)*s) x [j*s, (j+1)*s) of the
+    padded network input, whose top-left ``resized_size`` block is the resized image. Each
+    original pixel is therefore mapped to its nearest resized pixel, then to that pixel's cell;
+    cells over the padding are never read.
+
+    Args:
+        labels (ndarray): (h, w) labels of one stage.
+        stride (int): the stage's stride.
+        resized_size (tuple[int, int]): image size after the test-time resize.
+        image_size (tuple[int, int]): original (height, width).
+
+    Returns:
+        ndarray: (height, width) labels.
+    """
+    rows = _source_index(image_size[0], resized_size[0]) // stride
+    cols = _source_index(image_size[1], resized_size[1]) // stride
+    return labels[rows[:, None], cols[None, :]]
+
+
+def blend_labels(
+    image_rgb: np.ndarray, labels: np.ndarray, colors: np.ndarray, alpha: float = PRIOR_ALPHA
+) -> np.ndarray:
+    """
+    Args:
+        image_rgb (ndarray): (H, W, 3) uint8 RGB image.
+        labels (ndarray): (H, W) labels indexing `colors`.
+        colors (ndarray): (K, 3) RGB palette.
+        alpha (float): weight of the palette colour.
+
+    Returns:
+        ndarray: (H, W, 3) uint8, round((1 - alpha) * image + alpha * colors[labels]).
+    """
+    mixed = (1.0 - alpha) * image_rgb.astype(np.float64) + alpha * colors[labels].astype(np.float64)
+    return np.round(mixed).astype(np.uint8)
+
+
+def draw_prior_maps(
+    image_rgb: np.ndarray, result: Dict, strides: Dict[str, int], metadata: Metadata
+) -> Dict[str, np.ndarray]:
+    """
+    What the encoder believes at each stage: the argmax of each prior map, coloured with the
+    dataset palette and blended over the image at :data:`PRIOR_ALPHA`.
+
+    Args:
+        image_rgb (ndarray): (H, W, 3) uint8 RGB image given to the predictor.
+        result (dict): the output of :class:`SeMaskPredictor` for that image.
+        strides (dict[str, int]): ``SeMaskPredictor.prior_strides``.
+        metadata (Metadata): from :func:`build_metadata`.
+
+    Returns:
+        dict[str, ndarray]: per stage ("res2".."res5"), an (H, W, 3) uint8 RGB image.
+    """
+    colors = np.asarray(metadata.stuff_colors, dtype=np.uint8)
+    images = {}
+    for name, labels in result["priors"].items():
+        full = prior_labels_to_image(
+            labels, strides[name], result["resized_size"], image_rgb.shape[:2]
+        )
+        images[name[: -len("_prior")]] = blend_labels(image_rgb, full, colors)
+    return images

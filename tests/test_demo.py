@@ -1,0 +1,277 @@
+"""demo/demo.py on generated images and a generated video, with a tiny SeMask-FPN."""
+
+import contextlib
+import io
+import os
+import subprocess
+import sys
+import tempfile
+import unittest
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+
+from detectron2.config import get_cfg
+from detectron2.data import MetadataCatalog
+from detectron2.data.detection_utils import read_image
+from detectron2.modeling import build_model
+
+from semask_d2 import add_semask_config
+
+from model_fixtures import shrink
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO_DIR = os.path.join(REPO, "demo")
+sys.path.insert(0, DEMO_DIR)
+import demo  # noqa: E402
+from predictor import PRIOR_ALPHA, SeMaskPredictor, build_metadata, draw_prior_maps  # noqa: E402
+
+FPN_T = os.path.join(
+    REPO, "configs/ade20k/semantic-segmentation/semask_fpn/semask_fpn_swin_tiny_bs16_80k.yaml"
+)
+M2F_T = os.path.join(
+    REPO,
+    "configs/ade20k/semantic-segmentation/semask_mask2former",
+    "maskformer2_semask_swin_tiny_bs16_160k.yaml",
+)
+NUM_CLASSES = 5
+TINY_YAML = f"""
+_BASE_: {FPN_T}
+MODEL:
+  WEIGHTS: ""
+  SWIN: {{EMBED_DIM: 16, DEPTHS: [1, 1, 2, 1], NUM_HEADS: [1, 2, 2, 4], WINDOW_SIZE: 4,
+          SEM_WINDOW_SIZE: 4}}
+  SEM_SEG_HEAD: {{CONVS_DIM: 32, NORM: "GN", NUM_CLASSES: {NUM_CLASSES}}}
+INPUT: {{MIN_SIZE_TEST: 64, MAX_SIZE_TEST: 128}}
+DATASETS: {{TEST: ()}}
+"""
+STAGES = ["res2", "res3", "res4", "res5"]
+# (H, W): an odd size, a grayscale image, and one whose test resize is capped by MAX_SIZE_TEST.
+IMAGE_SIZES = {"odd.jpg": (37, 53), "gray.png": (48, 64), "wide.png": (40, 96)}
+# Their sizes after the test resize (short side 64, long side at most 128).
+RESIZED = {"odd.jpg": (64, 92), "wide.png": (53, 128)}
+VIDEO_FRAMES, VIDEO_SIZE = 6, (64, 80)
+
+
+def write_inputs(folder):
+    """A folder of images (one of them grayscale) and a short mp4v video, all random."""
+    rng = np.random.RandomState(0)
+    images = os.path.join(folder, "images")
+    os.makedirs(images)
+    for name, (h, w) in IMAGE_SIZES.items():
+        shape = (h, w) if name.startswith("gray") else (h, w, 3)
+        Image.fromarray(rng.randint(0, 256, shape, dtype=np.uint8)).save(os.path.join(images, name))
+    video = os.path.join(folder, "clip.mp4")
+    h, w = VIDEO_SIZE
+    writer = cv2.VideoWriter(video, cv2.VideoWriter_fourcc(*"mp4v"), 10, (w, h))
+    for _ in range(VIDEO_FRAMES):
+        writer.write(rng.randint(0, 256, (h, w, 3), dtype=np.uint8))
+    writer.release()
+    return images, video
+
+
+def write_weights(cfg, path):
+    """Seeded random weights, so that the demo and the test's own predictor agree."""
+    torch.manual_seed(0)
+    torch.save({"model": build_model(cfg).state_dict()}, path)
+
+
+def run_main(argv):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = demo.main(argv)
+    return code, err.getvalue()
+
+
+def read_png(path):
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def read_video(path):
+    capture = cv2.VideoCapture(path)
+    frames = []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frames.append(frame)
+    capture.release()
+    return frames
+
+
+class TestDemo(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory()
+        root = cls.tmp.name
+        cls.images, cls.video = write_inputs(root)
+        cls.config = os.path.join(root, "tiny.yaml")
+        with open(cls.config, "w") as f:
+            f.write(TINY_YAML)
+        cls.weights = os.path.join(root, "weights.pth")
+        cls.opts = ["--opts", "MODEL.WEIGHTS", cls.weights, "MODEL.DEVICE", "cpu"]
+        argv = ["--config-file", cls.config, "--input", cls.images, "--output", root]
+        # TINY_YAML has no weights: build the model from it, then point MODEL.WEIGHTS at them.
+        write_weights(demo.setup_cfg(demo.get_parser().parse_args(argv)), cls.weights)
+        cls.cfg = demo.setup_cfg(demo.get_parser().parse_args(argv + cls.opts))
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    def base_args(self, output):
+        return ["--config-file", self.config, "--output", output]
+
+    def output_dir(self, name):
+        return os.path.join(self.tmp.name, name)
+
+    def test_folder_writes_overlays_and_prior_maps(self):
+        out = self.output_dir("folder")
+        code, err = run_main(
+            self.base_args(out) + ["--input", self.images, "--prior-maps"] + self.opts
+        )
+        self.assertEqual(code, 0, err)
+        expected = set()
+        for name, (h, w) in IMAGE_SIZES.items():
+            stem = os.path.splitext(name)[0]
+            names = [f"{stem}.png"] + [f"{stem}_prior_{s}.png" for s in STAGES]
+            for file_name in names:
+                self.assertEqual(read_png(os.path.join(out, file_name)).shape, (h, w, 3), file_name)
+            self.assertEqual(read_png(os.path.join(out, f"{stem}_priors.png")).shape, (h, 5 * w, 3))
+            expected |= set(names) | {f"{stem}_priors.png"}
+        self.assertEqual(set(os.listdir(out)), expected)
+        image = read_png(os.path.join(self.images, "odd.jpg"))
+        self.assertFalse((read_png(os.path.join(out, "odd.png")) == image).all())
+        predictor = SeMaskPredictor(self.cfg)
+        for name, resized in RESIZED.items():
+            self.check_prior_pixels(predictor, name, resized, out)
+
+    def check_prior_pixels(self, predictor, name, resized, out):
+        """Every pixel is a palette colour blended at PRIOR_ALPHA; some are recomputed by hand."""
+        image_path = os.path.join(self.images, name)
+        result = predictor(read_image(image_path, format="BGR"))
+        self.assertEqual(result["resized_size"], resized)
+        image = read_image(image_path, format="RGB").astype(np.float64)
+        colors = np.asarray(build_metadata(self.cfg).stuff_colors, dtype=np.float64)
+        blends = np.round((1 - PRIOR_ALPHA) * image[None] + PRIOR_ALPHA * colors[:, None, None])
+        self.assertEqual(PRIOR_ALPHA, 0.5)  # as demo/README.md states
+        (h, w), (rh, rw) = image.shape[:2], resized
+        stem = os.path.splitext(name)[0]
+        for stage in STAGES:
+            drawn = read_png(os.path.join(out, f"{stem}_prior_{stage}.png"))
+            self.assertTrue((drawn[None] == blends).all(-1).any(0).all(), stage)
+            stride = predictor.prior_strides[f"{stage}_prior"]
+            labels = result["priors"][f"{stage}_prior"]
+            for y, x in [(0, 0), (h // 2, w // 3), (h - 1, w - 1)]:
+                # Nearest resized pixel (by centres), then its cell at the stage's stride.
+                ry, rx = int((y + 0.5) * rh / h), int((x + 0.5) * rw / w)
+                label = labels[ry // stride, rx // stride]
+                expected = np.round(0.5 * image[y, x] + 0.5 * colors[label])
+                np.testing.assert_array_equal(drawn[y, x], expected, f"{stage} at {(y, x)}")
+
+    def test_video_writes_overlay_video_and_sampled_prior_maps(self):
+        out = self.output_dir("video")
+        args = ["--video-input", self.video, "--prior-maps", "--prior-every", "2"]
+        code, err = run_main(self.base_args(out) + args + self.opts)
+        self.assertEqual(code, 0, err)
+        frames = read_video(os.path.join(out, "clip.mp4"))
+        self.assertEqual(len(frames), VIDEO_FRAMES)
+        self.assertEqual(frames[0].shape, VIDEO_SIZE + (3,))
+        for index in range(VIDEO_FRAMES):
+            path = os.path.join(out, f"clip_{index:06d}_prior_res5.png")
+            self.assertEqual(os.path.exists(path), index % 2 == 0, path)
+        first = read_png(os.path.join(out, "clip_000000_prior_res2.png"))
+        self.assertEqual(first.shape, VIDEO_SIZE + (3,))
+
+    def test_command_line(self):
+        """The script runs as a program: `python demo/demo.py ...`."""
+        out = self.output_dir("cli")
+        image = os.path.join(self.images, "gray.png")
+        args = [sys.executable, os.path.join(DEMO_DIR, "demo.py")] + self.base_args(out)
+        proc = subprocess.run(
+            args + ["--input", image] + self.opts, capture_output=True, text=True, timeout=120
+        )
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertEqual(os.listdir(out), ["gray.png"])
+        self.assertEqual(
+            read_png(os.path.join(out, "gray.png")).shape, IMAGE_SIZES["gray.png"] + (3,)
+        )
+
+    def test_bad_inputs_exit_2_with_one_line(self):
+        garbage = os.path.join(self.tmp.name, "garbage")
+        os.makedirs(garbage)
+        for name in ("broken.png", "broken.mp4", "odd.png"):
+            with open(os.path.join(garbage, name), "w") as f:
+                f.write("not an image or a video\n")
+        out = self.output_dir("bad")
+        config_out = self.base_args(out)
+        cases = {
+            "input not found": ["--input", os.path.join(garbage, "*.jpg")],
+            "config file not found": ["--config-file", "missing.yaml", "--input", self.images],
+            "cannot read image": ["--input", os.path.join(garbage, "broken.png")],
+            "OpenCV cannot open the video": ["--video-input", os.path.join(garbage, "broken.mp4")],
+            "video not found": ["--video-input", os.path.join(garbage, "none.mp4")],
+            "is the folder of input": ["--input", self.images, "--output", self.images],
+            "cannot create the output folder": ["--input", self.images, "--output", self.config],
+            "this backbone has no prior maps": ["--input", self.images, "--prior-maps"]
+            + self.opts
+            + ["MODEL.SWIN.NUM_SEM_BLOCKS", "0"],
+            "MODEL.WEIGHTS not found": ["--input", self.images] + self.opts[:2] + ["nope.pth"],
+            "would write the same files": [
+                "--input",
+                self.images,
+                os.path.join(garbage, "odd.png"),
+            ],
+            "Non-existent key: MODEL.NOPE": ["--input", self.images]
+            + self.opts
+            + ["MODEL.NOPE", "1"],
+        }
+        for message, argv in cases.items():
+            with self.subTest(message):
+                # argparse keeps the last --config-file and --output; --opts extends to the end.
+                opts = [] if "--opts" in argv else self.opts
+                code, err = run_main(config_out + argv + opts)
+                self.assertEqual(code, 2)
+                self.assertRegex(err, f"^demo.py: error: .*{message}.*\n$")
+        self.assertFalse(os.path.exists(os.path.join(out, "broken.png")))
+
+    def test_metadata_colors_come_from_the_test_dataset(self):
+        name = "_semask_demo_test"
+        colors = [(i, 2 * i, 3 * i) for i in range(NUM_CLASSES)]
+        MetadataCatalog.get(name).set(stuff_classes=list("abcde"), stuff_colors=colors)
+        try:
+            cfg = self.cfg.clone()
+            cfg.defrost()
+            cfg.DATASETS.TEST = (name,)
+            metadata = build_metadata(cfg)
+        finally:
+            MetadataCatalog.pop(name)
+        self.assertEqual(metadata.stuff_colors, colors)
+        self.assertEqual(metadata.stuff_classes, list("abcde"))
+        # Without a test dataset: K distinct fixed colours.
+        fallback = build_metadata(self.cfg)
+        self.assertEqual(len(set(fallback.stuff_colors)), NUM_CLASSES)
+        self.assertEqual(fallback.stuff_colors, build_metadata(self.cfg).stuff_colors)
+
+
+class TestMaskFormerPriorMaps(unittest.TestCase):
+    def test_prior_maps_of_semask_mask2former(self):
+        cfg = get_cfg()
+        add_semask_config(cfg)
+        cfg.merge_from_file(M2F_T)
+        shrink(cfg)
+        cfg.MODEL.WEIGHTS = ""
+        cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = NUM_CLASSES
+        cfg.DATASETS.TEST = ()
+        cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 32, 64
+        predictor = SeMaskPredictor(cfg)
+        image = np.random.RandomState(1).randint(0, 256, (27, 41, 3), dtype=np.uint8)
+        result = predictor(image)
+        self.assertEqual(result["sem_seg"].shape, (27, 41))
+        self.assertEqual(sorted(result["priors"]), [f"{s}_prior" for s in STAGES])
+        drawn = draw_prior_maps(
+            image[:, :, ::-1], result, predictor.prior_strides, build_metadata(cfg)
+        )
+        self.assertEqual({k: v.shape for k, v in drawn.items()}, {s: (27, 41, 3) for s in STAGES})
