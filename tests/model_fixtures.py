@@ -1,7 +1,27 @@
-"""Shared test helpers: tiny CPU versions of the shipped configs and mapper-like inputs."""
+"""Shared test helpers: tiny CPU versions of the shipped configs, mapper-like inputs, and the
+official state-dict key lists of ``shared/spec/official_keys``."""
+import os
+
 import torch
 
 from detectron2.structures import Instances
+
+SPEC_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "spec")
+
+
+def official_keys(prefix="", name="semask_swinL_mask2former_ade20k.txt"):
+    """
+    Returns:
+        dict[str, list[int]]: the official keys starting with `prefix` (prefix removed), in file
+        order, mapped to their shapes.
+    """
+    keys = {}
+    with open(os.path.join(SPEC_DIR, "official_keys", name)) as f:
+        for line in f:
+            key, shape = line.rstrip("\n").split("\t")
+            if key.startswith(prefix):
+                keys[key[len(prefix) :]] = [int(s) for s in shape.strip("[]").split(",") if s.strip()]
+    return keys
 
 
 def shrink(cfg):

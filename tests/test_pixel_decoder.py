@@ -1,7 +1,6 @@
 """MSDeformAttnPixelDecoder: shapes, official state-dict keys, gradients, autocast."""
 
 import math
-import os
 import unittest
 
 import torch
@@ -18,10 +17,8 @@ from semask_d2.modeling.pixel_decoder import (
 )
 from semask_d2.modeling.pixel_decoder.deformable_encoder import pixel_centre_reference_points
 
-OFFICIAL_KEYS = os.path.join(
-    os.path.dirname(__file__), "../../shared/spec/official_keys/semask_swinL_mask2former_ade20k.txt"
-)
-PREFIX = "sem_seg_head.pixel_decoder."
+from model_fixtures import official_keys
+
 STRIDES = {"res2": 4, "res3": 8, "res4": 16, "res5": 32}
 
 
@@ -126,12 +123,7 @@ class TestPixelDecoder(unittest.TestCase):
 
 class TestOfficialStateDict(unittest.TestCase):
     def test_keys_and_shapes_match_official_swin_l(self):
-        expected = []
-        with open(OFFICIAL_KEYS) as f:
-            for line in f:
-                key, shape = line.rstrip("\n").split("\t")
-                if key.startswith(PREFIX):
-                    expected.append((key[len(PREFIX) :], [int(s) for s in shape[1:-1].split(",")]))
+        expected = list(official_keys("sem_seg_head.pixel_decoder.").items())
         cfg = make_cfg(conv_dim=256, mask_dim=256, enc_layers=6, ffn=1024, heads=8, points=4)
         with torch.device("meta"):  # no memory, no init cost
             model = build_pixel_decoder(cfg, make_input_shape([192, 384, 768, 1536]))

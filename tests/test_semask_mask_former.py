@@ -14,10 +14,9 @@ from semask_d2 import add_semask_config
 from semask_d2.modeling.meta_arch import SeMaskMaskFormer
 from semask_d2.modeling.semantic_prior import SemanticPriorLoss
 
-from model_fixtures import shrink, training_inputs
+from model_fixtures import SPEC_DIR, official_keys, shrink, training_inputs
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
-SPEC = os.path.join(ROOT, "..", "shared", "spec")
 TINY_CONFIG = os.path.join(
     ROOT, "configs/ade20k/semantic-segmentation/semask_mask2former/maskformer2_semask_swin_tiny_bs16_160k.yaml"
 )
@@ -35,28 +34,19 @@ def tiny_cfg(num_classes=4, **mask_former_test):
     return cfg
 
 
-def official_keys(name):
-    keys = {}
-    with open(os.path.join(SPEC, "official_keys", name)) as f:
-        for line in f:
-            key, shape = line.rstrip("\n").split("\t")
-            keys[key] = [int(s) for s in shape.strip("[]").split(",") if s.strip()]
-    return keys
-
-
 class TestOfficialCompatibility(unittest.TestCase):
     def test_official_config_dumps_build_the_official_key_list(self):
         for dataset, params in [("ade20k", 222_632_383), ("cityscapes", 221_843_108)]:
             cfg = get_cfg()
             add_semask_config(cfg)
-            cfg.merge_from_file(os.path.join(SPEC, "official_configs", f"semask_swinL_mask2former_{dataset}.yaml"))
+            cfg.merge_from_file(os.path.join(SPEC_DIR, "official_configs", f"semask_swinL_mask2former_{dataset}.yaml"))
             # Shapes only: the full SeMask-L model without allocating its weights.
             cfg.MODEL.DEVICE = "meta"
             with torch.device("meta"):
                 model = build_model(cfg)
             self.assertIsInstance(model, SeMaskMaskFormer)
             ours = {k: list(v.shape) for k, v in model.state_dict().items()}
-            self.assertEqual(ours, official_keys(f"semask_swinL_mask2former_{dataset}.txt"))
+            self.assertEqual(ours, official_keys(name=f"semask_swinL_mask2former_{dataset}.txt"))
             # SEMASK.md §13: 222M.
             self.assertEqual(sum(p.numel() for p in model.parameters()), params)
 

@@ -1,5 +1,4 @@
 """Behaviour of the SeMask Swin backbone: shapes, config, key layout, init modes, state."""
-import os
 import unittest
 
 import torch
@@ -12,7 +11,8 @@ from semask_d2 import add_semask_config
 from semask_d2.modeling.backbone import SWIN_SIZES, D2SeMaskSwinTransformer
 from semask_d2.modeling.semantic_prior import SemanticPriorLoss
 
-SPEC_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "spec")
+from model_fixtures import official_keys
+
 TINY = dict(embed_dim=16, depths=(2, 1, 2, 1), num_heads=(1, 2, 2, 4), window_size=3, num_classes=5)
 FEATURES = ["res2", "res3", "res4", "res5"]
 PRIORS = [f"{f}_prior" for f in FEATURES]
@@ -30,15 +30,6 @@ def semantic_params(model, names=("mlp_cls_q", "mlp_cls_k", "mlp_v", "mlp_res", 
         for k, p in model.named_parameters()
         if "semantic_layer" in k and any(n in k for n in names)
     }
-
-
-def read_official_keys(name):
-    keys = {}
-    with open(os.path.join(SPEC_DIR, "official_keys", name)) as f:
-        for line in f:
-            key, shape = line.rstrip("\n").split("\t")
-            keys[key] = [int(s) for s in shape.strip("[]").split(",") if s.strip()]
-    return keys
 
 
 class TestSeMaskSwinShapes(unittest.TestCase):
@@ -161,11 +152,7 @@ class TestSeMaskSwinConfig(unittest.TestCase):
             ("semask_swinL_mask2former_ade20k.txt", 150, 12),
             ("semask_swinL_mask2former_cityscapes.txt", 19, 7),
         ]:
-            spec = {
-                k[len("backbone.") :]: v
-                for k, v in read_official_keys(name).items()
-                if k.startswith("backbone.")
-            }
+            spec = official_keys("backbone.", name)
             with torch.device("meta"):  # shapes only: skip allocation and init
                 model = D2SeMaskSwinTransformer(
                     **SWIN_SIZES["large"], num_classes=num_classes, sem_window_size=sem_window

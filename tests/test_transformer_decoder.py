@@ -14,8 +14,8 @@ from semask_d2.modeling.transformer_decoder import (
     build_transformer_decoder,
 )
 
-OFFICIAL_KEYS = "/work/shared/spec/official_keys/semask_swinL_mask2former_ade20k.txt"
-PREFIX = "sem_seg_head.predictor."
+from model_fixtures import official_keys
+
 
 
 def tiny_decoder(**kwargs):
@@ -39,16 +39,6 @@ def tiny_inputs(batch=2, channels=16, mask_dim=8):
     # Odd sizes: a 75 x 131 image at strides 32, 16, 8 and 4.
     x = [torch.randn(batch, channels, h, w) for h, w in [(3, 5), (5, 9), (10, 17)]]
     return x, torch.randn(batch, mask_dim, 19, 33)
-
-
-def official_predictor_keys():
-    keys = {}
-    with open(OFFICIAL_KEYS) as f:
-        for line in f:
-            name, shape = line.rstrip("\n").split("\t")
-            if name.startswith(PREFIX):
-                keys[name[len(PREFIX) :]] = shape
-    return keys
 
 
 class TestMultiScaleMaskedTransformerDecoder(unittest.TestCase):
@@ -97,8 +87,8 @@ class TestMultiScaleMaskedTransformerDecoder(unittest.TestCase):
         cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 150
         with torch.device("meta"):
             model = build_transformer_decoder(cfg, in_channels=256)
-        ours = {k: str(list(v.shape)) for k, v in model.state_dict().items()}
-        self.assertEqual(ours, official_predictor_keys())
+        ours = {k: list(v.shape) for k, v in model.state_dict().items()}
+        self.assertEqual(ours, official_keys("sem_seg_head.predictor."))
 
     def test_attention_mask(self):
         model = tiny_decoder()
