@@ -13,6 +13,7 @@ from detectron2.utils.events import EventStorage
 from semask_d2 import add_semask_config
 from semask_d2.modeling.meta_arch import SeMaskMaskFormer
 from semask_d2.modeling.semantic_prior import SemanticPriorLoss
+from semask_d2.modeling.test_time_augmentation import SemanticSegmentorWithTTA
 
 from model_fixtures import SPEC_DIR, official_keys, shrink, training_inputs
 
@@ -151,3 +152,20 @@ class TestInference(unittest.TestCase):
         model.prior_loss.decode = None  # would raise if called
         with torch.no_grad():
             model([{"image": torch.rand(3, 40, 40) * 255}])
+
+
+class TestTestTimeAugmentation(unittest.TestCase):
+    def test_multi_scale_flip_averages_mask_former_scores(self):
+        torch.manual_seed(0)
+        cfg = tiny_cfg()
+        cfg.merge_from_list(["TEST.AUG.MIN_SIZES", [40], "TEST.AUG.MAX_SIZE", 400, "TEST.AUG.FLIP", True])
+        self.assertFalse(cfg.TEST.AUG.SOFTMAX)  # Mask2Former scores are probabilities already
+        model = build_model(cfg).eval()
+        tta = SemanticSegmentorWithTTA(cfg, model)
+        image = (torch.rand(3, 40, 56) * 255).to(torch.uint8)
+        with torch.no_grad():
+            (merged,) = tta([{"image": image, "height": 40, "width": 56}])
+            plain = model([{"image": image.float(), "height": 40, "width": 56}])[0]["sem_seg"]
+            flipped = model([{"image": image.flip(-1).float(), "height": 40, "width": 56}])[0]["sem_seg"]
+        # One scale (the input size) and its flip: the mean of the two views, flipped back.
+        torch.testing.assert_close(merged["sem_seg"], (plain + flipped.flip(-1)) / 2, rtol=1e-4, atol=1e-5)
