@@ -20,6 +20,7 @@ from detectron2.data import build_detection_test_loader, build_detection_train_l
 from detectron2.engine import default_argument_parser, default_setup, hooks, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 # Importing semask_d2 registers its models and datasets, also in the spawned DDP processes.
 from semask_d2 import add_semask_config
@@ -64,6 +65,8 @@ def setup(args):
     merge_config(cfg, args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, args)
+    # default_setup configures detectron2's and fvcore's loggers only.
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="semask_d2")
     return cfg
 
 

@@ -337,7 +337,7 @@ class TestCityscapes(CatalogTestCase):
 
 
 class TestBuiltin(CatalogTestCase):
-    NAMES = ADE + ADE_FULL + COCO + CITYSCAPES
+    NAMES = ADE + ADE_FULL + COCO + CITYSCAPES + ["semask_shapes_train", "semask_shapes_val"]
 
     def test_import_registers_ours_over_detectron2(self):
         for name in ("ade20k_sem_seg_train", "cityscapes_fine_sem_seg_val", COCO[0], ADE_FULL[0]):

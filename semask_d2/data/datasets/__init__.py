@@ -6,3 +6,4 @@ from .builtin import default_root, register_all_builtin
 from .cityscapes import CITYSCAPES_CLASSES, register_all_cityscapes
 from .coco_stuff_10k import register_all_coco_stuff_10k
 from .sem_seg import load_sem_seg_pairs, register_sem_seg_dataset, unregister
+from .synthetic_shapes import register_semask_shapes

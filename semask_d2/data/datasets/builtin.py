@@ -10,6 +10,7 @@ from .ade20k import register_all_ade20k
 from .ade20k_full import register_all_ade20k_full
 from .cityscapes import register_all_cityscapes
 from .coco_stuff_10k import register_all_coco_stuff_10k
+from .synthetic_shapes import register_semask_shapes
 
 __all__ = ["default_root", "register_all_builtin"]
 
@@ -32,6 +33,7 @@ def register_all_builtin(root: Optional[str] = None) -> None:
     register_all_ade20k_full(root)
     register_all_coco_stuff_10k(root)
     register_all_cityscapes(root)
+    register_semask_shapes(root)
 
 
 register_all_builtin()
