@@ -3,6 +3,8 @@
 # semask_shapes dataset (written under $DETECTRON2_DATASETS, default ./datasets, on first use),
 # evaluate it on the val split, and draw images | ground truth | predictions side by side.
 # Outputs go to ./output/quickstart; extra arguments are config overrides (KEY VALUE ...).
+# With --mask2former as the first argument: the same for a small SeMask Swin + Mask2Former
+# (configs/quickstart/semask_mask2former_shapes.yaml), outputs in ./output/quickstart_mask2former.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -11,6 +13,11 @@ cd "$ROOT"
 PY="$ROOT/.venv/bin/python"
 CONFIG=configs/quickstart/semask_fpn_shapes.yaml
 OUT=./output/quickstart
+if [ "${1:-}" = "--mask2former" ]; then
+  shift
+  CONFIG=configs/quickstart/semask_mask2former_shapes.yaml
+  OUT=./output/quickstart_mask2former
+fi
 export DETECTRON2_DATASETS="${DETECTRON2_DATASETS:-./datasets}"
 # One intra-op thread unless the caller says otherwise: on 2 cores, two OpenMP threads train
 # about 1.5x faster on an idle machine but several times slower as soon as another process
