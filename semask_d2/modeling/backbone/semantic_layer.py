@@ -3,13 +3,14 @@ The SeMask semantic layer (Jain et al., arXiv 2112.12782), computed exactly as t
 code does (``shared/spec/SEMASK.md`` §3). Written for semask-d2; parameter names follow the
 official checkpoints (``semantic_layer.norm1``, ``class_injection.{n}.mlp_cls_q`` ...).
 """
+
 from typing import Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .swin_blocks import pad_to_multiple, window_partition, window_reverse
+from .swin_blocks import merge_windows, split_windows, window_order
 
 __all__ = ["SemanticAttention", "SemanticLayer", "SEM_INIT_MODES"]
 
@@ -40,7 +41,9 @@ class SemanticAttention(nn.Module):
 
     def _init_weights(self, init: str) -> None:
         if init not in SEM_INIT_MODES:
-            raise ValueError(f"Unknown semantic-layer init {init!r}; expected one of {SEM_INIT_MODES}")
+            raise ValueError(
+                f"Unknown semantic-layer init {init!r}; expected one of {SEM_INIT_MODES}"
+            )
         for layer in (self.mlp_cls_q, self.mlp_cls_k, self.mlp_v, self.mlp_res):
             if init == "official":
                 nn.init.kaiming_normal_(layer.weight)
@@ -100,16 +103,13 @@ class SemanticLayer(nn.Module):
             (Tensor, Tensor): tokens (B, h * w, C) and the prior logits (B, h * w, K) of the
             last SemanticAttention.
         """
-        b, _, c = x.shape
+        batch = x.shape[0]
         x = self.norm1(x)
         if self.windowed:
-            x = window_partition(pad_to_multiple(x.view(b, h, w, c), self.window_size), self.window_size)
+            order = window_order(h, w, self.window_size, 0, x.device)
+            x = split_windows(x, order, self.window_size)
         for block in self.class_injection:
             prior, x = block(x)
         if self.windowed:
-            hp = h + (-h) % self.window_size
-            wp = w + (-w) % self.window_size
-            x = window_reverse(x, self.window_size, hp, wp)[:, :h, :w].reshape(b, h * w, c)
-            prior = window_reverse(prior, self.window_size, hp, wp)[:, :h, :w]
-            prior = prior.reshape(b, h * w, -1)
+            x, prior = merge_windows(x, order, batch), merge_windows(prior, order, batch)
         return x, prior

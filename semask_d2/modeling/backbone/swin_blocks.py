@@ -5,7 +5,9 @@ Written for semask-d2 from the paper and the facts in ``shared/spec/SEMASK.md`` 
 names follow the official Swin checkpoints so that ImageNet and SeMask weights load unchanged.
 Every module takes the spatial size as an argument: nothing about the last input is stored.
 """
-from typing import Optional, Tuple
+
+import functools
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -16,11 +18,14 @@ __all__ = [
     "PatchMerging",
     "SwinBlock",
     "WindowAttention",
+    "WindowOrder",
     "build_shift_mask",
+    "merge_windows",
     "pad_to_multiple",
     "relative_position_index",
+    "split_windows",
+    "window_order",
     "window_partition",
-    "window_reverse",
 ]
 
 
@@ -48,13 +53,59 @@ def window_partition(x: torch.Tensor, window_size: int) -> torch.Tensor:
     return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window_size * window_size, c)
 
 
-def window_reverse(windows: torch.Tensor, window_size: int, h: int, w: int) -> torch.Tensor:
+class WindowOrder(NamedTuple):
     """
-    Inverse of :func:`window_partition`: (B * num_windows, ws * ws, C) -> (B, H, W, C).
+    Where the tokens of an (h, w) grid go when it is zero-padded at the bottom/right to
+    multiples of the window, cyclically shifted and cut into windows (see :func:`window_order`).
     """
-    c = windows.shape[-1]
-    x = windows.view(-1, h // window_size, w // window_size, window_size, window_size, c)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, h, w, c)
+
+    # (hp * wp,) int64: the token read at each windowed position (0 at padding positions).
+    gather: torch.Tensor
+    # (num_padding,) int64: the windowed positions holding padding.
+    padding: torch.Tensor
+    # (h * w,) int64: the windowed position of each token.
+    scatter: torch.Tensor
+
+
+@functools.lru_cache(maxsize=64)
+# Normal tensors even when first called under inference_mode: cached ones are reused in training.
+@torch.inference_mode(False)
+def window_order(h: int, w: int, window_size: int, shift: int, device: torch.device) -> WindowOrder:
+    """
+    Pad, roll by `-shift` and :func:`window_partition` as one token permutation, so that a
+    single gather replaces three copies of the map and a single gather undoes them (window
+    reverse, roll back, crop). Cached: the same few grids recur in every forward.
+    """
+    hp, wp = h + (-h) % window_size, w + (-w) % window_size
+    ids = torch.full((hp, wp), -1, dtype=torch.int64, device=device)
+    ids[:h, :w] = torch.arange(h * w, device=device).view(h, w)
+    if shift:
+        ids = torch.roll(ids, shifts=(-shift, -shift), dims=(0, 1))
+    order = window_partition(ids.view(1, hp, wp, 1), window_size).flatten()
+    is_token = order >= 0
+    scatter = torch.empty(h * w, dtype=torch.int64, device=device)
+    scatter[order[is_token]] = is_token.nonzero().squeeze(1)
+    return WindowOrder(order.clamp(min=0), (~is_token).nonzero().squeeze(1), scatter)
+
+
+def split_windows(x: torch.Tensor, order: WindowOrder, window_size: int) -> torch.Tensor:
+    """
+    Args:
+        x (Tensor): (B, h * w, C) tokens of the grid `order` describes.
+    Returns:
+        Tensor: (B * num_windows, window_size * window_size, C), zeros at the padding.
+    """
+    windows = x.index_select(1, order.gather)
+    if order.padding.numel() > 0:
+        windows.index_fill_(1, order.padding, 0.0)
+    return windows.view(-1, window_size * window_size, x.shape[-1])
+
+
+def merge_windows(windows: torch.Tensor, order: WindowOrder, batch: int) -> torch.Tensor:
+    """
+    Inverse of :func:`split_windows`: (B * num_windows, N, C) -> (B, h * w, C), padding dropped.
+    """
+    return windows.reshape(batch, -1, windows.shape[-1]).index_select(1, order.scatter)
 
 
 def relative_position_index(window_size: int) -> torch.Tensor:
@@ -148,7 +199,8 @@ class WindowAttention(nn.Module):
         bias = bias.view(n, n, -1).permute(2, 0, 1).unsqueeze(0)
         if mask is not None:
             nw = mask.shape[0]
-            bias = (bias + mask.unsqueeze(1)).repeat(bw // nw, 1, 1, 1)
+            # Expanded, not repeated: a free view for one image.
+            bias = (bias + mask.unsqueeze(1)).expand(bw // nw, -1, -1, -1, -1).flatten(0, 1)
         x = F.scaled_dot_product_attention(
             q,
             k,
@@ -198,7 +250,9 @@ class SwinBlock(nn.Module):
         self.window_size = window_size
         self.shift_size = shift_size
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = WindowAttention(dim, window_size, num_heads, qkv_bias, qk_scale, attn_drop, drop)
+        self.attn = WindowAttention(
+            dim, window_size, num_heads, qkv_bias, qk_scale, attn_drop, drop
+        )
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
@@ -212,18 +266,10 @@ class SwinBlock(nn.Module):
             shift_mask (Tensor or None): mask from :func:`build_shift_mask` for this grid;
                 required when the block is shifted.
         """
-        b, _, c = x.shape
         ws, shift = self.window_size, self.shift_size
-        y = pad_to_multiple(self.norm1(x).view(b, h, w, c), ws)
-        hp, wp = y.shape[1:3]
-        if shift:
-            y = torch.roll(y, shifts=(-shift, -shift), dims=(1, 2))
-        y = self.attn(window_partition(y, ws), mask=shift_mask if shift else None)
-        y = window_reverse(y, ws, hp, wp)
-        if shift:
-            y = torch.roll(y, shifts=(shift, shift), dims=(1, 2))
-        y = y[:, :h, :w, :].reshape(b, h * w, c)
-        x = x + self.drop_path(y)
+        order = window_order(h, w, ws, shift, x.device)
+        y = self.attn(split_windows(self.norm1(x), order, ws), mask=shift_mask if shift else None)
+        x = x + self.drop_path(merge_windows(y, order, x.shape[0]))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 

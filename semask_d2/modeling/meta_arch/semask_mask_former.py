@@ -3,6 +3,7 @@ SeMask-Mask2Former (registry name of the official code): SeMask Swin backbone, M
 set criterion and the shared semantic prior loss (official detectron2 convention). Semantic,
 panoptic and instance inference as Mask2Former (MASK2FORMER.md §7).
 """
+
 from typing import Dict, List, Optional
 
 import torch
@@ -72,7 +73,9 @@ class SeMaskMaskFormer(nn.Module):
         self.sem_seg_head = sem_seg_head
         self.criterion = criterion
         self.prior_loss = prior_loss
-        self.size_divisibility = size_divisibility if size_divisibility > 0 else backbone.size_divisibility
+        self.size_divisibility = (
+            size_divisibility if size_divisibility > 0 else backbone.size_divisibility
+        )
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
         self.object_mask_threshold = object_mask_threshold
@@ -128,7 +131,9 @@ class SeMaskMaskFormer(nn.Module):
             dict[str, Tensor] of losses in training; in inference a list of dicts with
             "sem_seg" (K, height, width), "panoptic_seg" and/or "instances".
         """
-        images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
+        images = [
+            (x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs
+        ]
         images = ImageList.from_tensors(images, self.size_divisibility)
         features = self.backbone(images.tensor)
         outputs = self.sem_seg_head(features)
@@ -136,9 +141,13 @@ class SeMaskMaskFormer(nn.Module):
             return self._losses(outputs, features, batched_inputs, images)
         return self._inference(outputs, batched_inputs, images)
 
-    def _losses(self, outputs, features, batched_inputs, images: ImageList) -> Dict[str, torch.Tensor]:
+    def _losses(
+        self, outputs, features, batched_inputs, images: ImageList
+    ) -> Dict[str, torch.Tensor]:
         if "instances" not in batched_inputs[0]:
-            raise ValueError("SeMaskMaskFormer needs 'instances' in training: use a semantic mapper")
+            raise ValueError(
+                "SeMaskMaskFormer needs 'instances' in training: use a semantic mapper"
+            )
         pad_h, pad_w = images.tensor.shape[-2:]
         targets = []
         for x in batched_inputs:
@@ -162,7 +171,10 @@ class SeMaskMaskFormer(nn.Module):
 
     def _inference(self, outputs, batched_inputs, images: ImageList) -> List[Dict]:
         mask_pred = F.interpolate(
-            outputs["pred_masks"], size=images.tensor.shape[-2:], mode="bilinear", align_corners=False
+            outputs["pred_masks"],
+            size=images.tensor.shape[-2:],
+            mode="bilinear",
+            align_corners=False,
         )
         results = []
         for mask_cls_i, mask_pred_i, x, image_size in zip(
@@ -171,12 +183,15 @@ class SeMaskMaskFormer(nn.Module):
             height = x.get("height", image_size[0])
             width = x.get("width", image_size[1])
             result = {}
+            # Crop the padding first: semantic inference is per pixel, so cropping before it
+            # gives the same scores without computing them on the padding.
+            mask_pred_i = mask_pred_i[:, : image_size[0], : image_size[1]]
             if self.sem_seg_postprocess_before_inference:
-                mask_pred_i = retry_if_cuda_oom(sem_seg_postprocess)(mask_pred_i, image_size, height, width)
+                mask_pred_i = retry_if_cuda_oom(_resize)(mask_pred_i, height, width)
             if self.semantic_on:
                 sem_seg = retry_if_cuda_oom(semantic_inference)(mask_cls_i, mask_pred_i)
                 if not self.sem_seg_postprocess_before_inference:
-                    sem_seg = retry_if_cuda_oom(sem_seg_postprocess)(sem_seg, image_size, height, width)
+                    sem_seg = retry_if_cuda_oom(_resize)(sem_seg, height, width)
                 result["sem_seg"] = sem_seg
             if self.panoptic_on:
                 result["panoptic_seg"] = retry_if_cuda_oom(panoptic_inference)(
@@ -195,3 +210,19 @@ class SeMaskMaskFormer(nn.Module):
                 )
             results.append(result)
         return results
+
+
+def _resize(maps: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """
+    detectron2's `sem_seg_postprocess` for maps already cropped to the image size: it always
+    resizes, but a bilinear resize to the same size is the identity, so that case is skipped.
+
+    Args:
+        maps (Tensor): (C, h, w).
+        height, width (int): output size.
+    Returns:
+        Tensor: (C, height, width).
+    """
+    if tuple(maps.shape[-2:]) == (height, width):
+        return maps
+    return sem_seg_postprocess(maps, maps.shape[-2:], height, width)

@@ -24,6 +24,51 @@ def _xavier_init(module: nn.Module) -> None:
             nn.init.xavier_uniform_(p)
 
 
+def _multi_head_attention(
+    attn: nn.MultiheadAttention,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    blocked: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """
+    What a batch-first `nn.MultiheadAttention` without dropout computes with
+    `need_weights=False`, from its own parameters (so the state-dict keys stay the official
+    ones), calling `scaled_dot_product_attention` directly: the module would first turn the
+    boolean mask into a float copy of it.
+
+    Args:
+        attn (nn.MultiheadAttention): holds `in_proj_weight`/`in_proj_bias` (q, k, v stacked)
+            and `out_proj`.
+        query (Tensor): (B, Q, C).
+        key, value (Tensor): (B, S, C).
+        blocked (Tensor or None): (B * nheads, Q, S) bool, True where a query may not attend.
+    Returns:
+        Tensor: (B, Q, C).
+    """
+    heads = attn.num_heads
+    w_q, w_k, w_v = attn.in_proj_weight.chunk(3)
+    b_q, b_k, b_v = attn.in_proj_bias.chunk(3)
+
+    def split_heads(x: torch.Tensor) -> torch.Tensor:  # (B, L, C) -> (B, heads, L, C / heads)
+        return x.unflatten(-1, (heads, -1)).transpose(1, 2)
+
+    q = split_heads(F.linear(query, w_q, b_q))
+    k = split_heads(F.linear(key, w_k, b_k))
+    v = split_heads(F.linear(value, w_v, b_v))
+    allowed = None
+    if blocked is not None:
+        blocked = blocked.unflatten(0, (query.shape[0], heads))
+        if blocked.stride(1) == 0:
+            # A broadcast view: every head has the same mask, so one is passed and broadcast
+            # (SDPA converts boolean masks to float ones, at the size it is given).
+            blocked = blocked[:, :1]
+        # SDPA's boolean masks mark the keys that may be attended: the opposite convention.
+        allowed = ~blocked
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+    return attn.out_proj(out.transpose(1, 2).flatten(2))
+
+
 class SelfAttentionLayer(nn.Module):
     """
     Self-attention among the queries with a residual and LayerNorm (post-norm by default).
@@ -53,7 +98,7 @@ class SelfAttentionLayer(nn.Module):
         """
         x = self.norm(tgt) if self.normalize_before else tgt
         qk = x + query_pos
-        out = tgt + self.self_attn(qk, qk, x, need_weights=False)[0]
+        out = tgt + _multi_head_attention(self.self_attn, qk, qk, x)
         return out if self.normalize_before else self.norm(out)
 
 
@@ -97,10 +142,7 @@ class CrossAttentionLayer(nn.Module):
             Tensor: (B, Q, C) updated queries.
         """
         x = self.norm(tgt) if self.normalize_before else tgt
-        attended = self.multihead_attn(
-            x + query_pos, key, value, attn_mask=attn_mask, need_weights=False
-        )[0]
-        out = tgt + attended
+        out = tgt + _multi_head_attention(self.multihead_attn, x + query_pos, key, value, attn_mask)
         return out if self.normalize_before else self.norm(out)
 
 

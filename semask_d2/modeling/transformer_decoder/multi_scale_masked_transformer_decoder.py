@@ -8,7 +8,7 @@ the official checkpoints (§9), so official weights load unchanged. Queries are 
 """
 
 import logging
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -145,8 +145,8 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
                 * "pred_logits": (B, Q, K + 1) class logits of the last prediction (only with
                   mask classification);
                 * "pred_masks": (B, Q, H/4, W/4) mask logits of the last prediction;
-                * "aux_outputs": list of `dec_layers` dicts with the same keys, one per earlier
-                  prediction, first to last.
+                * "aux_outputs" (training only): list of `dec_layers` dicts with the same keys,
+                  one per earlier prediction, first to last.
         """
         if len(x) != self.num_feature_levels:
             raise ValueError(f"Expected {self.num_feature_levels} feature maps, got {len(x)}")
@@ -154,26 +154,48 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         batch = mask_features.shape[0]
         query_pos = self.query_embed.weight.unsqueeze(0).expand(batch, -1, -1)
         output = self.query_feat.weight.unsqueeze(0).expand(batch, -1, -1)
+        # In inference the earlier predictions only serve as attention masks, so their masks
+        # are predicted directly at the size of the level they mask: bilinear resizing is
+        # linear, so resizing the mask features first gives the same logits up to rounding,
+        # without a full-resolution einsum and resize per layer.
+        level_features = None if self.training else self._resize_per_level(mask_features, sizes)
 
         predictions = []
-        pred, attn_mask = self._predict(output, mask_features, sizes[0])
-        predictions.append(pred)
-        for i in range(self.num_layers):
+        for i in range(self.num_layers + 1):
+            if i > 0:
+                level = (i - 1) % self.num_feature_levels
+                output = self.transformer_cross_attention_layers[i - 1](
+                    output, keys[level], values[level], query_pos, attn_mask
+                )
+                output = self.transformer_self_attention_layers[i - 1](output, query_pos)
+                output = self.transformer_ffn_layers[i - 1](output)
+            # Prediction i masks layer i, which reads this level; the last one masks nothing.
             level = i % self.num_feature_levels
-            output = self.transformer_cross_attention_layers[i](
-                output, keys[level], values[level], query_pos, attn_mask
-            )
-            output = self.transformer_self_attention_layers[i](output, query_pos)
-            output = self.transformer_ffn_layers[i](output)
-            # The last prediction needs no mask for a following layer.
-            is_last = i == self.num_layers - 1
-            next_size = None if is_last else sizes[(i + 1) % self.num_feature_levels]
-            pred, attn_mask = self._predict(output, mask_features, next_size)
-            predictions.append(pred)
+            is_last = i == self.num_layers
+            if self.training or is_last:
+                predictions.append(self._predict(output, mask_features))
+                masks = predictions[-1]["pred_masks"]
+            else:
+                masks = self._mask_logits(self.decoder_norm(output), level_features[level])
+            attn_mask = None if is_last else self._attention_mask(masks, sizes[level])
 
         out = dict(predictions[-1])
-        out["aux_outputs"] = predictions[:-1]
+        if self.training:
+            out["aux_outputs"] = predictions[:-1]
         return out
+
+    @staticmethod
+    def _resize_per_level(
+        mask_features: torch.Tensor, sizes: List[Tuple[int, int]]
+    ) -> List[torch.Tensor]:
+        """Returns `mask_features` bilinearly resized to each (h, w) of `sizes`."""
+        # The CPU kernel resizes many-channel maps channels-last, converting each input: convert
+        # once (one copy instead of one per level; a 256-channel resize then takes ~1 ms).
+        features = mask_features.contiguous(memory_format=torch.channels_last)
+        return [
+            F.interpolate(features, size=size, mode="bilinear", align_corners=False)
+            for size in sizes
+        ]
 
     def _memory(
         self, x: List[torch.Tensor]
@@ -194,29 +216,26 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             keys.append(value + pos)
         return values, keys, sizes
 
+    def _mask_logits(self, decoded: torch.Tensor, mask_features: torch.Tensor) -> torch.Tensor:
+        """(B, Q, C) normed queries, (B, mask_dim, H, W) features -> (B, Q, H, W) mask logits."""
+        return torch.einsum("bqc,bchw->bqhw", self.mask_embed(decoded), mask_features)
+
     def _predict(
-        self,
-        output: torch.Tensor,
-        mask_features: torch.Tensor,
-        attn_mask_size: Optional[Tuple[int, int]],
-    ) -> Tuple[Dict[str, torch.Tensor], Optional[torch.Tensor]]:
+        self, output: torch.Tensor, mask_features: torch.Tensor
+    ) -> Dict[str, torch.Tensor]:
         """
         Args:
             output (Tensor): (B, Q, C) queries.
             mask_features (Tensor): (B, mask_dim, H, W).
-            attn_mask_size (tuple[int, int] or None): (h, w) of the level the next layer reads;
-                None skips the attention mask.
         Returns:
-            prediction (dict): "pred_logits" (B, Q, K + 1) and "pred_masks" (B, Q, H, W).
-            attn_mask (Tensor or None): (B * nheads, Q, h * w) bool, True where blocked.
+            dict: "pred_masks" (B, Q, H, W) and, with mask classification, "pred_logits"
+            (B, Q, K + 1).
         """
         decoded = self.decoder_norm(output)
-        masks = torch.einsum("bqc,bchw->bqhw", self.mask_embed(decoded), mask_features)
-        prediction = {"pred_masks": masks}
+        prediction = {"pred_masks": self._mask_logits(decoded, mask_features)}
         if self.mask_classification:
             prediction["pred_logits"] = self.class_embed(decoded)
-        attn_mask = None if attn_mask_size is None else self._attention_mask(masks, attn_mask_size)
-        return prediction, attn_mask
+        return prediction
 
     @torch.no_grad()
     def _attention_mask(self, masks: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
@@ -229,10 +248,14 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             over heads as nn.MultiheadAttention expects. Rows that would block every key are
             cleared instead, so that the softmax stays finite (official behaviour).
         """
-        resized = F.interpolate(masks, size=size, mode="bilinear", align_corners=False)
-        blocked = resized.flatten(2).sigmoid() < 0.5
+        if tuple(masks.shape[-2:]) != tuple(size):
+            masks = F.interpolate(masks, size=size, mode="bilinear", align_corners=False)
+        blocked = masks.flatten(2).sigmoid() < 0.5
         blocked &= ~blocked.all(dim=-1, keepdim=True)
-        return blocked.repeat_interleave(self.num_heads, dim=0)
+        # Heads share the mask: a broadcast view, which costs no copy for one image.
+        batch, queries, keys = blocked.shape
+        blocked = blocked[:, None].expand(batch, self.num_heads, queries, keys)
+        return blocked.reshape(batch * self.num_heads, queries, keys)
 
     def _load_from_state_dict(
         self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
