@@ -56,7 +56,7 @@ class TestBenchmark(unittest.TestCase):
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "rows.json")
             argv = ["--config-file", TINY_CONFIG, "--input-size", "64", "48", "--batch-size", "2"]
-            argv += ["--tasks", "inference", "train", "--device", "cpu", "--runs", "5"]
+            argv += ["--tasks", "inference,train", "--device", "cpu", "--runs", "5"]
             argv += ["--warmup", "1", "--json", path] + TINY_OPTS
             out = io.StringIO()
             with contextlib.redirect_stdout(out):
@@ -80,6 +80,8 @@ class TestBenchmark(unittest.TestCase):
         benchmark = load_tool("benchmark")
         with self.assertRaises(SystemExit), contextlib.redirect_stderr(io.StringIO()):
             benchmark.parse_args(["--runs", "3"])
+        with self.assertRaises(SystemExit), contextlib.redirect_stderr(io.StringIO()):
+            benchmark.parse_args(["--tasks", "inference,MODEL.DEVICE"])
 
 
 class TestComparisonHelpers(unittest.TestCase):

@@ -4,7 +4,6 @@ import importlib
 import importlib.util
 import os
 import sys
-import tempfile
 import unittest
 from unittest import mock
 
@@ -23,6 +22,8 @@ from semask_d2.data.datasets import (
     register_all_coco_stuff_10k,
 )
 from semask_d2.data.file_checks import read_label_checked
+
+import catalog_fixtures
 
 SCRIPTS = os.path.join(os.path.dirname(__file__), "..", "datasets")
 ADE = ["ade20k_sem_seg_train", "ade20k_sem_seg_val"]
@@ -66,28 +67,7 @@ def load_script(name):
     return module
 
 
-class CatalogTestCase(unittest.TestCase):
-    """Restores the catalog entries of `NAMES` (detectron2's or ours) after each test."""
-
-    NAMES = []
-
-    def setUp(self):
-        saved = {n: (loader_of(n), MetadataCatalog.data.get(n)) for n in self.NAMES}
-        self.addCleanup(self._restore, saved)
-        tmp = tempfile.TemporaryDirectory()
-        self.addCleanup(tmp.cleanup)
-        self.root = tmp.name
-
-    @staticmethod
-    def _restore(saved):
-        for name, (func, meta) in saved.items():
-            DatasetCatalog.pop(name, None)
-            MetadataCatalog.pop(name, None)
-            if func is not None:
-                DatasetCatalog[name] = func
-            if meta is not None:
-                MetadataCatalog[name] = meta
-
+class CatalogTestCase(catalog_fixtures.CatalogTestCase):
     def assertDatasetError(self, name, *paths):
         """Loading `name` raises a one-line DatasetError naming every path in `paths`."""
         with self.assertRaises(DatasetError) as ctx:

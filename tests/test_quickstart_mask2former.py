@@ -8,7 +8,6 @@ takes about a second on one CPU thread); only the visualization test uses tiny g
 import importlib.util
 import os
 import re
-import tempfile
 import unittest
 
 import numpy as np
@@ -17,7 +16,6 @@ from PIL import Image
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
-from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
 from detectron2.structures import Instances
 from detectron2.utils.events import EventStorage
@@ -26,6 +24,8 @@ from semask_d2 import add_semask_config
 from semask_d2.data.datasets import register_semask_shapes
 from semask_d2.data.datasets.synthetic_shapes import SHAPES_CLASSES, render_sample
 from semask_d2.modeling.meta_arch import SeMaskMaskFormer
+
+from catalog_fixtures import CatalogTestCase
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "quickstart", "semask_mask2former_shapes.yaml")
@@ -154,24 +154,8 @@ class TestModel(unittest.TestCase):
         self.assertGreaterEqual(outputs[0]["sem_seg"].min().item(), 0.0)
 
 
-class TestVisualizePredictions(unittest.TestCase):
-    def setUp(self):
-        names = [f"semask_shapes_{split}" for split in TINY]
-        saved = {n: (DatasetCatalog.data.get(n), MetadataCatalog.data.get(n)) for n in names}
-        self.addCleanup(self._restore, saved)
-        tmp = tempfile.TemporaryDirectory()
-        self.addCleanup(tmp.cleanup)
-        self.root = tmp.name
-
-    @staticmethod
-    def _restore(saved):
-        for name, (func, meta) in saved.items():
-            DatasetCatalog.pop(name, None)
-            MetadataCatalog.pop(name, None)
-            if func is not None:
-                DatasetCatalog[name] = func
-            if meta is not None:
-                MetadataCatalog[name] = meta
+class TestVisualizePredictions(CatalogTestCase):
+    NAMES = [f"semask_shapes_{split}" for split in TINY]
 
     def test_draws_mask2former_predictions(self):
         register_semask_shapes(self.root, splits=TINY, image_size=48)

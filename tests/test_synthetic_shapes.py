@@ -27,6 +27,8 @@ from detectron2.utils.events import EventStorage
 from semask_d2 import add_semask_config
 from semask_d2.data import DatasetError, build_dataset_mapper
 from semask_d2.data.datasets import builtin, register_semask_shapes, synthetic_shapes
+
+import catalog_fixtures
 from semask_d2.data.datasets.synthetic_shapes import (
     SHAPES_CLASSES,
     SHAPES_COLORS,
@@ -58,28 +60,12 @@ def dead_pid():
     return process.pid
 
 
-class CatalogTestCase(unittest.TestCase):
-    """A temporary datasets root; restores the catalog entries of `NAMES` after each test."""
-
+class CatalogTestCase(catalog_fixtures.CatalogTestCase):
     NAMES = TINY_NAMES + BUILTIN_NAMES
 
     def setUp(self):
-        saved = {n: (DatasetCatalog.data.get(n), MetadataCatalog.data.get(n)) for n in self.NAMES}
-        self.addCleanup(self._restore, saved)
-        tmp = tempfile.TemporaryDirectory()
-        self.addCleanup(tmp.cleanup)
-        self.root = tmp.name
+        super().setUp()
         self.folder = os.path.join(self.root, "semask_shapes")
-
-    @staticmethod
-    def _restore(saved):
-        for name, (func, meta) in saved.items():
-            DatasetCatalog.pop(name, None)
-            MetadataCatalog.pop(name, None)
-            if func is not None:
-                DatasetCatalog[name] = func
-            if meta is not None:
-                MetadataCatalog[name] = meta
 
 
 class TestGeneration(CatalogTestCase):

@@ -45,6 +45,17 @@ class TestMultiScaleMaskedTransformerDecoder(unittest.TestCase):
     def setUp(self):
         torch.manual_seed(0)
 
+    def test_eval_shortcut_gives_the_training_prediction(self):
+        # Eval computes intermediate masks only at attention resolution: same final output.
+        model = tiny_decoder()
+        x, mask_features = tiny_inputs()
+        with torch.no_grad():
+            train_out = model.train()(x, mask_features)
+            eval_out = model.eval()(x, mask_features)
+        self.assertNotIn("aux_outputs", eval_out)
+        for key in ("pred_logits", "pred_masks"):
+            torch.testing.assert_close(eval_out[key], train_out[key], rtol=1e-5, atol=1e-5)
+
     def test_output_shapes(self):
         model = tiny_decoder()
         x, mask_features = tiny_inputs()

@@ -13,7 +13,7 @@ torch.cuda.max_memory_allocated on GPU.
 
 Example:
   python tools/benchmark.py --config-file configs/ade20k/semantic-segmentation/semask_fpn/\
-semask_fpn_swin_tiny_bs16_80k.yaml --input-size 512 512 --batch-size 2 --tasks inference train
+semask_fpn_swin_tiny_bs16_80k.yaml --input-size 512 512 --batch-size 2 --tasks inference,train
 """
 import argparse
 import json
@@ -151,7 +151,14 @@ def parse_args(argv=None):
     parser.add_argument("--config-file", default="", metavar="FILE")
     parser.add_argument("--input-size", type=int, nargs=2, default=(512, 512), metavar=("H", "W"))
     parser.add_argument("--batch-size", type=int, default=2, help="batch of train/backbone tasks")
-    parser.add_argument("--tasks", nargs="+", choices=TASKS, default=["inference", "train"])
+    # Comma-separated, so that trailing config overrides are never read as tasks.
+    parser.add_argument(
+        "--tasks",
+        type=lambda text: text.split(","),
+        default=["inference", "train"],
+        metavar="TASK[,TASK...]",
+        help=f"among {', '.join(TASKS)}",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--warmup", type=int, default=1)
@@ -161,6 +168,9 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.warmup < 1 or args.runs < 5:
         parser.error("the protocol needs --warmup >= 1 and --runs >= 5")
+    unknown = [t for t in args.tasks if t not in TASKS]
+    if unknown:
+        parser.error(f"unknown tasks {unknown}; choose among {', '.join(TASKS)}")
     return args
 
 
