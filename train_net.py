@@ -11,6 +11,7 @@ Examples (CONFIG: a file under configs/, e.g. .../semask_fpn/semask_fpn_swin_tin
 ``--num-gpus`` is the number of processes per machine. Bad input (missing dataset files, an
 unknown config key, ...) ends the run with a non-zero status and a one-line message.
 """
+
 import os
 import sys
 

@@ -4,6 +4,7 @@ before merging a SeMask YAML file. Every ``MODEL.SWIN.*`` key of the official Se
 here with the same meaning and type, so official files merge; keys the official code lacks are
 marked "new".
 """
+
 from detectron2.config import CfgNode as CN
 from detectron2.projects.deeplab import add_deeplab_config
 

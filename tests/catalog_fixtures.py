@@ -1,4 +1,5 @@
 """Shared test helper: a temporary datasets root and catalog entries restored after each test."""
+
 import tempfile
 import unittest
 

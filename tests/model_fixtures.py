@@ -1,5 +1,6 @@
 """Shared test helpers: tiny CPU versions of the shipped configs, mapper-like inputs, and the
 official state-dict key lists of ``shared/spec/official_keys``."""
+
 import os
 
 import torch
@@ -20,7 +21,9 @@ def official_keys(prefix="", name="semask_swinL_mask2former_ade20k.txt"):
         for line in f:
             key, shape = line.rstrip("\n").split("\t")
             if key.startswith(prefix):
-                keys[key[len(prefix) :]] = [int(s) for s in shape.strip("[]").split(",") if s.strip()]
+                keys[key[len(prefix) :]] = [
+                    int(s) for s in shape.strip("[]").split(",") if s.strip()
+                ]
     return keys
 
 
@@ -59,5 +62,7 @@ def training_inputs(num_classes, sizes=((64, 64), (45, 71))):
         instances = Instances((h, w))
         instances.gt_classes = classes
         instances.gt_masks = sem_seg[None] == classes[:, None, None]
-        inputs.append({"image": torch.rand(3, h, w) * 255, "sem_seg": sem_seg, "instances": instances})
+        inputs.append(
+            {"image": torch.rand(3, h, w) * 255, "sem_seg": sem_seg, "instances": instances}
+        )
     return inputs

@@ -318,7 +318,8 @@ def reference_forward(
 
     Returns:
         dict[str, Tensor]: ``res{i+2}`` (B, C_i, H_i, W_i) after ``norm{i}`` (for stages whose
-        ``norm{i}`` exists), and, for stages with a semantic layer, ``res{i+2}_prior`` (B, K, H_i, W_i), the raw prior logits.
+        ``norm{i}`` exists), and, for stages with a semantic layer, ``res{i+2}_prior``
+        (B, K, H_i, W_i), the raw prior logits.
     """
     sd = {k: v.detach().to(torch.float64) for k, v in state_dict.items()}
     x = x.to(torch.float64)

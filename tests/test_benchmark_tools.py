@@ -1,4 +1,4 @@
-"""tools/benchmark.py and tools/benchmark_vs_transformers.py on tiny models and hand-made tensors."""
+"""tools/benchmark.py and tools/benchmark_vs_transformers.py on tiny models and hand tensors."""
 
 import contextlib
 import importlib.util

@@ -1,4 +1,5 @@
 """Config keys: official SeMask YAML files keep their meaning and types in our config."""
+
 import os
 import re
 import unittest
@@ -46,7 +47,9 @@ class TestSwinKeys(unittest.TestCase):
                         "MODEL": {
                             "SWIN": official["SWIN"],
                             "BACKBONE": {"NAME": official["BACKBONE"]["NAME"]},
-                            "SEM_SEG_HEAD": {"NUM_CLASSES": official["SEM_SEG_HEAD"]["NUM_CLASSES"]},
+                            "SEM_SEG_HEAD": {
+                                "NUM_CLASSES": official["SEM_SEG_HEAD"]["NUM_CLASSES"]
+                            },
                             "MASK_FORMER": {"CATE_WEIGHT": official["MASK_FORMER"]["CATE_WEIGHT"]},
                         }
                     }
@@ -57,7 +60,9 @@ class TestSwinKeys(unittest.TestCase):
                 model = build_backbone(cfg)
             self.assertEqual(model.num_classes, num_classes)
             self.assertEqual([s.semantic_layer.windowed for s in model.layers], windowed)
-            self.assertEqual(model.layers[0].semantic_layer.window_size, official["SWIN"]["SEM_WINDOW_SIZE"])
+            self.assertEqual(
+                model.layers[0].semantic_layer.window_size, official["SWIN"]["SEM_WINDOW_SIZE"]
+            )
             self.assertEqual(model.layers[0].window_size, 12)
 
     def test_new_keys_have_documented_defaults(self):
@@ -67,9 +72,13 @@ class TestSwinKeys(unittest.TestCase):
         self.assertEqual(cfg.MODEL.SWIN.SEM_INIT, "mmseg")
         self.assertEqual(cfg.MODEL.SWIN.SEM_DROPOUT, 0.1)
         self.assertEqual(cfg.MODEL.MASK_FORMER.CATE_WEIGHT, 0.4)
-        source = open(os.path.join(os.path.dirname(__file__), "..", "semask_d2", "config.py")).read()
+        source = open(
+            os.path.join(os.path.dirname(__file__), "..", "semask_d2", "config.py")
+        ).read()
         lines = source.splitlines()
         assignment = re.compile(r"^\s+[a-z_]+(\.[A-Z0-9_]+)+ = ")
         for i, line in enumerate(lines):
             if assignment.match(line) and "CN()" not in line:
-                self.assertTrue(lines[i - 1].strip().startswith("#"), f"undocumented: {line.strip()}")
+                self.assertTrue(
+                    lines[i - 1].strip().startswith("#"), f"undocumented: {line.strip()}"
+                )

@@ -1,4 +1,5 @@
 """Evaluator selection, SemSegEvaluator on a hand-computed case, and test-time augmentation."""
+
 import importlib.util
 import os
 import tempfile

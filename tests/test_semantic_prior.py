@@ -1,4 +1,5 @@
 """The shared semantic prior decoder and loss, checked against hand computations."""
+
 import math
 import unittest
 
@@ -71,7 +72,11 @@ class TestSemanticPriorLoss(unittest.TestCase):
         labels = torch.randint(0, 3, (1, 65, 93))
         padded = torch.full((1, 68, 96), 255)
         padded[:, :65, :93] = labels
-        self.assertAlmostEqual(module(priors, labels)["loss_cate"].item(), module(priors, padded)["loss_cate"].item(), places=6)
+        self.assertAlmostEqual(
+            module(priors, labels)["loss_cate"].item(),
+            module(priors, padded)["loss_cate"].item(),
+            places=6,
+        )
         with self.assertRaisesRegex(ValueError, "larger than the decoded prior map"):
             module(priors, torch.zeros((1, 70, 96), dtype=torch.long))
 

@@ -4,7 +4,6 @@ import unittest
 from unittest import mock
 
 import torch
-import torch.nn.functional as F
 
 from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec

@@ -1,4 +1,5 @@
 """SeMask-Mask2Former: official configs and checkpoints, training, inference at odd sizes."""
+
 import os
 import tempfile
 import unittest
@@ -19,7 +20,9 @@ from model_fixtures import SPEC_DIR, official_keys, shrink, training_inputs
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 TINY_CONFIG = os.path.join(
-    ROOT, "configs/ade20k/semantic-segmentation/semask_mask2former/maskformer2_semask_swin_tiny_bs16_160k.yaml"
+    ROOT,
+    "configs/ade20k/semantic-segmentation/semask_mask2former/",
+    "maskformer2_semask_swin_tiny_bs16_160k.yaml",
 )
 
 
@@ -40,7 +43,11 @@ class TestOfficialCompatibility(unittest.TestCase):
         for dataset, params in [("ade20k", 222_632_383), ("cityscapes", 221_843_108)]:
             cfg = get_cfg()
             add_semask_config(cfg)
-            cfg.merge_from_file(os.path.join(SPEC_DIR, "official_configs", f"semask_swinL_mask2former_{dataset}.yaml"))
+            cfg.merge_from_file(
+                os.path.join(
+                    SPEC_DIR, "official_configs", f"semask_swinL_mask2former_{dataset}.yaml"
+                )
+            )
             # Shapes only: the full SeMask-L model without allocating its weights.
             cfg.MODEL.DEVICE = "meta"
             with torch.device("meta"):
@@ -59,7 +66,8 @@ class TestOfficialCompatibility(unittest.TestCase):
         self.assertEqual(state._metadata["sem_seg_head.predictor"]["version"], 2)
         # An older official file named the content queries `static_query`.
         legacy = type(state)(
-            (k.replace("predictor.query_feat.", "predictor.static_query."), v) for k, v in state.items()
+            (k.replace("predictor.query_feat.", "predictor.static_query."), v)
+            for k, v in state.items()
         )
         legacy._metadata = type(state._metadata)(state._metadata)
         legacy._metadata["sem_seg_head.predictor"] = {"version": 1}
@@ -158,7 +166,9 @@ class TestTestTimeAugmentation(unittest.TestCase):
     def test_multi_scale_flip_averages_mask_former_scores(self):
         torch.manual_seed(0)
         cfg = tiny_cfg()
-        cfg.merge_from_list(["TEST.AUG.MIN_SIZES", [40], "TEST.AUG.MAX_SIZE", 400, "TEST.AUG.FLIP", True])
+        cfg.merge_from_list(
+            ["TEST.AUG.MIN_SIZES", [40], "TEST.AUG.MAX_SIZE", 400, "TEST.AUG.FLIP", True]
+        )
         self.assertFalse(cfg.TEST.AUG.SOFTMAX)  # Mask2Former scores are probabilities already
         model = build_model(cfg).eval()
         tta = SemanticSegmentorWithTTA(cfg, model)
@@ -166,6 +176,10 @@ class TestTestTimeAugmentation(unittest.TestCase):
         with torch.no_grad():
             (merged,) = tta([{"image": image, "height": 40, "width": 56}])
             plain = model([{"image": image.float(), "height": 40, "width": 56}])[0]["sem_seg"]
-            flipped = model([{"image": image.flip(-1).float(), "height": 40, "width": 56}])[0]["sem_seg"]
+            flipped = model([{"image": image.flip(-1).float(), "height": 40, "width": 56}])[0][
+                "sem_seg"
+            ]
         # One scale (the input size) and its flip: the mean of the two views, flipped back.
-        torch.testing.assert_close(merged["sem_seg"], (plain + flipped.flip(-1)) / 2, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            merged["sem_seg"], (plain + flipped.flip(-1)) / 2, rtol=1e-4, atol=1e-5
+        )

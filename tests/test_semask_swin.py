@@ -1,4 +1,5 @@
 """Behaviour of the SeMask Swin backbone: shapes, config, key layout, init modes, state."""
+
 import unittest
 
 import torch
@@ -54,7 +55,9 @@ class TestSeMaskSwinShapes(unittest.TestCase):
         with torch.no_grad():
             out = model(torch.randn(1, 3, 32, 32))
         self.assertEqual(sorted(out), sorted(["res3", "res5"] + PRIORS))
-        self.assertFalse(any(k.startswith("norm0") or k.startswith("norm2") for k in model.state_dict()))
+        self.assertFalse(
+            any(k.startswith("norm0") or k.startswith("norm2") for k in model.state_dict())
+        )
         with self.assertRaisesRegex(ValueError, "res6"):
             tiny_backbone(out_features=["res6"])
 

@@ -1,4 +1,5 @@
 """SeMask optimizer groups, full-model gradient clipping and the warmup + poly schedule."""
+
 import math
 import unittest
 

@@ -7,6 +7,7 @@ tests write a tiny dataset in its layout (``ADEChallengeData2016/images/{trainin
 and ``annotations_detectron2/...``, labels 0..149) under a temporary ``$DETECTRON2_DATASETS``,
 which a spawned ``train_net.py`` (and each of its DDP processes) registers at import.
 """
+
 import glob
 import json
 import logging

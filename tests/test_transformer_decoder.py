@@ -17,7 +17,6 @@ from semask_d2.modeling.transformer_decoder import (
 from model_fixtures import official_keys
 
 
-
 def tiny_decoder(**kwargs):
     args = dict(
         in_channels=16,

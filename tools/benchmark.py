@@ -15,6 +15,7 @@ Example:
   python tools/benchmark.py --config-file configs/ade20k/semantic-segmentation/semask_fpn/\
 semask_fpn_swin_tiny_bs16_80k.yaml --input-size 512 512 --batch-size 2 --tasks inference,train
 """
+
 import argparse
 import json
 import multiprocessing as mp
@@ -68,7 +69,9 @@ def synthetic_batch(cfg, batch_size, height, width, device):
     batch = []
     for _ in range(batch_size):
         image = torch.from_numpy(rng.integers(0, 256, (3, height, width), dtype=np.uint8))
-        sem_seg = torch.from_numpy(rng.integers(0, num_classes, (height // 32 + 1, width // 32 + 1)))
+        sem_seg = torch.from_numpy(
+            rng.integers(0, num_classes, (height // 32 + 1, width // 32 + 1))
+        )
         sem_seg = sem_seg.repeat_interleave(32, 0).repeat_interleave(32, 1)[:height, :width]
         classes = torch.unique(sem_seg)
         instances = Instances((height, width))

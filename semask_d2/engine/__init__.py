@@ -1,4 +1,5 @@
 """Training and launch support: device-generic trainer, atomic checkpoints, user errors."""
+
 from .checkpoint import AtomicDetectionCheckpointer
 from .defaults import DefaultTrainer, create_ddp_model
 from .user_errors import ConfigError, merge_config, user_error_message

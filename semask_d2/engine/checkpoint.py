@@ -7,6 +7,7 @@ fails. Here each file is written to a temporary file in the same folder, flushed
 moved into place with ``os.replace`` (atomic on POSIX and Windows), and ``last_checkpoint`` is
 rewritten the same way only after the checkpoint itself is in place.
 """
+
 import glob
 import logging
 import os

@@ -7,6 +7,7 @@ Stock ``DefaultTrainer`` cannot train several CPU processes (gloo): ``create_ddp
 ``DefaultTrainer.__init__``, which is therefore redone here with device checks; the checkpointer
 is :class:`AtomicDetectionCheckpointer`. Everything else is inherited.
 """
+
 import logging
 import os
 import weakref

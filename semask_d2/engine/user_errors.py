@@ -6,6 +6,7 @@ by a DataLoader worker, whose message is the worker's whole traceback; or re-rai
 ``launch``'s process spawning as a ``ProcessRaisedException`` holding a rank's traceback. In
 each, the original "module.ErrorType: message" is the last line, which is what we extract.
 """
+
 import logging
 import re
 from typing import List, Optional

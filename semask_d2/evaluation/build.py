@@ -7,6 +7,7 @@ TEST.OFFICIAL_CITYSCAPES_EVAL asks for detectron2's ``CityscapesSemSegEvaluator`
 re-scores labelIds with cityscapesscripts and is checked for here so that it fails early and
 clearly. Unlike Mask2Former, nothing requires CUDA.
 """
+
 import glob
 import importlib.util
 import os

@@ -3,8 +3,9 @@ The SeMask semantic prior: a parameter-free decoder that sums the per-stage prio
 finest stride, and the cross-entropy prior loss `loss_cate` on it (``SEMASK.md`` §6-7). Shared by
 every SeMask meta-architecture.
 """
+
 import math
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -49,13 +50,19 @@ class SemanticPriorLoss(nn.Module):
         """
         super().__init__()
         if convention not in PRIOR_CONVENTIONS:
-            raise ValueError(f"Unknown prior convention {convention!r}; expected one of {PRIOR_CONVENTIONS}")
+            raise ValueError(
+                f"Unknown prior convention {convention!r}; expected one of {PRIOR_CONVENTIONS}"
+            )
         if not in_features or len(in_features) != len(in_strides):
-            raise ValueError(f"Need one stride per prior feature, got {in_features} and {in_strides}")
+            raise ValueError(
+                f"Need one stride per prior feature, got {in_features} and {in_strides}"
+            )
         order = sorted(range(len(in_strides)), key=lambda i: in_strides[i])
         self.in_features = [in_features[i] for i in order]
         self.base_stride = in_strides[order[0]]
-        self.num_upsamples = [int(round(math.log2(in_strides[i] / self.base_stride))) for i in order]
+        self.num_upsamples = [
+            int(round(math.log2(in_strides[i] / self.base_stride))) for i in order
+        ]
         self.ignore_value = ignore_value
         self.loss_weight = loss_weight
         self.align_corners = convention == "detectron2"
@@ -94,7 +101,9 @@ class SemanticPriorLoss(nn.Module):
         for name, steps in zip(self.in_features[1:], self.num_upsamples[1:]):
             x = priors[name]
             for _ in range(steps):
-                x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=self.align_corners)
+                x = F.interpolate(
+                    x, scale_factor=2.0, mode="bilinear", align_corners=self.align_corners
+                )
             total = total + self._resize(x, size)
         if self.convention == "detectron2":
             return self._resize(total, (size[0] * self.base_stride, size[1] * self.base_stride))
@@ -102,7 +111,9 @@ class SemanticPriorLoss(nn.Module):
             raise ValueError("The mmseg prior convention resizes to the labels: pass label_size")
         return self._resize(total, label_size)
 
-    def forward(self, priors: Dict[str, torch.Tensor], targets: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def forward(
+        self, priors: Dict[str, torch.Tensor], targets: torch.Tensor
+    ) -> Dict[str, torch.Tensor]:
         """
         Args:
             priors (dict[str, Tensor]): backbone prior maps.

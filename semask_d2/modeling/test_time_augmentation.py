@@ -6,6 +6,7 @@ TEST.AUG.MIN_SIZES (long side capped at TEST.AUG.MAX_SIZE), and also flipped whe
 the per-view class scores are brought back to the original height/width, un-flipped, turned into
 probabilities and averaged.
 """
+
 import copy
 from typing import Callable, Dict, List
 

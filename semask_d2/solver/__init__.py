@@ -1,4 +1,5 @@
 """Optimizers and learning-rate schedules of the SeMask recipes."""
+
 from detectron2.projects.deeplab import build_lr_scheduler
 
 from .build import build_optimizer, get_semask_optimizer_params

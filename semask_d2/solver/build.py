@@ -8,6 +8,7 @@ SOLVER.BACKBONE_MULTIPLIER; normalisation layers, ``relative_position_bias_table
 SOLVER.CLIP_GRADIENTS.CLIP_TYPE "full_model" clips one L2 norm over all parameters (official
 recipe); "value" and "norm" keep detectron2's per-parameter clipping.
 """
+
 import functools
 from typing import Any, Dict, List, Type
 

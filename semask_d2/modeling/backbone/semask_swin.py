@@ -7,6 +7,7 @@ computation is the official one. Unlike the official backbone, ``forward`` retur
 (features and prior maps), ``output_shape()`` describes all of it, ``NUM_SEM_BLOCKS: 0`` gives a
 plain Swin, and the semantic layers train under the default init.
 """
+
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -208,12 +209,15 @@ class D2SeMaskSwinTransformer(Backbone):
         super().__init__()
         num_stages = len(depths)
         if len(num_heads) != num_stages:
-            raise ValueError(f"depths {list(depths)} and num_heads {list(num_heads)} differ in length")
+            raise ValueError(
+                f"depths {list(depths)} and num_heads {list(num_heads)} differ in length"
+            )
         if sem_windowed is None or len(sem_windowed) == 0:
             sem_windowed = default_sem_windowed(num_classes, num_stages)
         if len(sem_windowed) != num_stages:
             raise ValueError(
-                f"sem_windowed has {len(sem_windowed)} entries, expected one per stage ({num_stages})"
+                f"sem_windowed has {len(sem_windowed)} entries, expected one per stage "
+                f"({num_stages})"
             )
         stage_names = [f"res{i + 2}" for i in range(num_stages)]
         unknown = [f for f in out_features if f not in stage_names]
@@ -309,7 +313,9 @@ class D2SeMaskSwinTransformer(Backbone):
             dict[str, Tensor]: the keys of :meth:`output_shape`.
         """
         if x.dim() != 4:
-            raise ValueError(f"D2SeMaskSwinTransformer takes (B, C, H, W) input, got {tuple(x.shape)}")
+            raise ValueError(
+                f"D2SeMaskSwinTransformer takes (B, C, H, W) input, got {tuple(x.shape)}"
+            )
         x, h, w = self.patch_embed(x)
         if self.absolute_pos_embed is not None:
             pos = F.interpolate(self.absolute_pos_embed, size=(h, w), mode="bicubic")

@@ -4,6 +4,7 @@ decoder and a masked transformer decoder. Unlike the official head it takes the 
 as it is (no prior maps smuggled through the `mask` argument) and decodes no prior at inference:
 the prior loss lives in the meta-architecture, shared with the FPN path.
 """
+
 from typing import Dict
 
 import torch
@@ -28,7 +29,9 @@ class BranchMaskFormerHead(nn.Module):
     """
 
     @configurable
-    def __init__(self, *, pixel_decoder: nn.Module, predictor: nn.Module, num_classes: int, ignore_value: int):
+    def __init__(
+        self, *, pixel_decoder: nn.Module, predictor: nn.Module, num_classes: int, ignore_value: int
+    ):
         """
         Args:
             pixel_decoder (nn.Module): returns (mask_features, coarsest map, multi-scale maps).

@@ -141,7 +141,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
             "norm": head.NORM,
             "common_stride": head.COMMON_STRIDE,
             "transformer_enc_layers": head.TRANSFORMER_ENC_LAYERS,
-            # The official code ignores this key and uses MASK_FORMER.NHEADS; its files set both to 8.
+            # The official code ignores this key and uses MASK_FORMER.NHEADS (8 in its files).
             "transformer_nheads": head.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS,
             "transformer_n_points": head.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS,
             "transformer_dim_feedforward": head.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD,

@@ -160,7 +160,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         # without a full-resolution einsum and resize per layer.
         level_features = None if self.training else self._resize_per_level(mask_features, sizes)
 
-        predictions = []
+        predictions, attn_mask = [], None
         for i in range(self.num_layers + 1):
             if i > 0:
                 level = (i - 1) % self.num_feature_levels
