@@ -2,8 +2,7 @@
 
 import os
 
-from .class_tables import class_colors, class_names
-from .sem_seg import register_sem_seg_dataset
+from .sem_seg import register_table_splits
 
 __all__ = ["register_all_ade20k"]
 
@@ -28,16 +27,15 @@ def register_all_ade20k(root: str) -> None:
         root (str): the datasets folder, normally ``$DETECTRON2_DATASETS``.
     """
     root = os.path.join(root, "ADEChallengeData2016")
-    for name, split in _SPLITS.items():
-        register_sem_seg_dataset(
-            name,
-            os.path.join(root, "images", split),
-            os.path.join(root, "annotations_detectron2", split),
-            # detectron2's names, including its "window " with a trailing space.
-            stuff_classes=class_names(_TABLE),
-            stuff_colors=class_colors(_TABLE),
-            ignore_label=255,
-            image_ext="jpg",
-            gt_ext="png",
-            fix_hint=_FIX,
-        )
+    # The table keeps detectron2's names, including its "window " with a trailing space.
+    register_table_splits(
+        root,
+        _SPLITS,
+        image_dir="images",
+        gt_dir="annotations_detectron2",
+        table=_TABLE,
+        ignore_label=255,
+        image_ext="jpg",
+        gt_ext="png",
+        fix_hint=_FIX,
+    )

@@ -2,8 +2,7 @@
 
 import os
 
-from .class_tables import class_colors, class_names
-from .sem_seg import register_sem_seg_dataset
+from .sem_seg import register_table_splits
 
 __all__ = ["register_all_ade20k_full"]
 
@@ -27,17 +26,16 @@ def register_all_ade20k_full(root: str) -> None:
         root (str): the datasets folder, normally ``$DETECTRON2_DATASETS``.
     """
     root = os.path.join(root, "ADE20K_2021_17_01")
-    for name, split in _SPLITS.items():
-        register_sem_seg_dataset(
-            name,
-            os.path.join(root, "images_detectron2", split),
-            os.path.join(root, "annotations_detectron2", split),
-            stuff_classes=class_names(_TABLE),
-            # The table has no colours: a fixed palette.
-            stuff_colors=class_colors(_TABLE),
-            # 16-bit labels: 255 is a class here.
-            ignore_label=65535,
-            image_ext="jpg",
-            gt_ext="tif",
-            fix_hint=_FIX,
-        )
+    # The table has no colours: class_colors gives a fixed palette.
+    register_table_splits(
+        root,
+        _SPLITS,
+        image_dir="images_detectron2",
+        gt_dir="annotations_detectron2",
+        table=_TABLE,
+        # 16-bit labels: 255 is a class here.
+        ignore_label=65535,
+        image_ext="jpg",
+        gt_ext="tif",
+        fix_hint=_FIX,
+    )

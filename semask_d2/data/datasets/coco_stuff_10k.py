@@ -2,8 +2,8 @@
 
 import os
 
-from .class_tables import class_colors, class_names, load_class_table
-from .sem_seg import register_sem_seg_dataset
+from .class_tables import load_class_table
+from .sem_seg import register_table_splits
 
 __all__ = ["register_all_coco_stuff_10k"]
 
@@ -29,17 +29,16 @@ def register_all_coco_stuff_10k(root: str) -> None:
     root = os.path.join(root, "coco", "coco_stuff_10k")
     # COCO category ids (1..182 with gaps) -> contiguous ids, to write COCO-style JSON results.
     id_map = {r["coco_id"]: i for i, r in enumerate(load_class_table(_TABLE))}
-    for name, split in _SPLITS.items():
-        register_sem_seg_dataset(
-            name,
-            os.path.join(root, "images_detectron2", split),
-            os.path.join(root, "annotations_detectron2", split),
-            stuff_classes=class_names(_TABLE),
-            # Things keep their COCO colours; stuff classes have none in the table: palette.
-            stuff_colors=class_colors(_TABLE),
-            ignore_label=255,
-            image_ext="jpg",
-            gt_ext="png",
-            fix_hint=_FIX,
-            stuff_dataset_id_to_contiguous_id=id_map,
-        )
+    # Things keep their COCO colours; stuff classes have none in the table: palette.
+    register_table_splits(
+        root,
+        _SPLITS,
+        image_dir="images_detectron2",
+        gt_dir="annotations_detectron2",
+        table=_TABLE,
+        ignore_label=255,
+        image_ext="jpg",
+        gt_ext="png",
+        fix_hint=_FIX,
+        stuff_dataset_id_to_contiguous_id=id_map,
+    )

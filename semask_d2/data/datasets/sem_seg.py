@@ -14,9 +14,9 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from ..errors import DatasetError
 from ..file_checks import check_label_mode, read_header
-from .class_tables import indexed_palette
+from .class_tables import class_colors, class_names, indexed_palette
 
-__all__ = ["register_sem_seg_dataset", "load_sem_seg_pairs", "unregister"]
+__all__ = ["register_sem_seg_dataset", "register_table_splits", "load_sem_seg_pairs", "unregister"]
 
 logger = logging.getLogger(__name__)
 
@@ -185,3 +185,26 @@ def _record(key: str, image_path: str, labels: Dict[str, str], gt_root: str, suf
         "height": height,
         "width": width,
     }
+
+
+def register_table_splits(
+    root: str, splits: Dict[str, str], *, image_dir: str, gt_dir: str, table: str, **kwargs
+) -> None:
+    """
+    Register each ``name -> split`` of `splits` through :func:`register_sem_seg_dataset`, with
+    images in ``root/image_dir/split``, labels in ``root/gt_dir/split`` and the class names and
+    colours of the package table `table`.
+
+    Args:
+        kwargs: the other arguments of :func:`register_sem_seg_dataset` (ignore label, file
+            endings, fix hint, extra metadata).
+    """
+    for name, split in splits.items():
+        register_sem_seg_dataset(
+            name,
+            os.path.join(root, image_dir, split),
+            os.path.join(root, gt_dir, split),
+            stuff_classes=class_names(table),
+            stuff_colors=class_colors(table),
+            **kwargs,
+        )
