@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create or reuse the project's virtual environment at .venv/ (see ../shared/spec/ENVIRONMENT.md):
+# Create or reuse the project's virtual environment at .venv/ (README.md, "Install and run"):
 # torch + torchvision from the registry (not the machine's CPU-only local wheel, which breaks
 # torchvision), detectron2 main code from the `sal-detectron2` wheel retagged for this Python,
 # then this package in editable mode. A second run with unchanged inputs returns in seconds.

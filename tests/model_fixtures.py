@@ -1,5 +1,5 @@
 """Shared test helpers: tiny CPU versions of the shipped configs, mapper-like inputs, and the
-official state-dict key lists of ``shared/spec/official_keys``."""
+official state-dict key lists of ``tests/data/official_keys`` (see ``tests/data/README.md``)."""
 
 import os
 
@@ -7,7 +7,8 @@ import torch
 
 from detectron2.structures import Instances
 
-SPEC_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "spec")
+# Key lists and config dumps of the released official SeMask models (tests/data/README.md).
+DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 
 
 def official_keys(prefix="", name="semask_swinL_mask2former_ade20k.txt"):
@@ -17,7 +18,7 @@ def official_keys(prefix="", name="semask_swinL_mask2former_ade20k.txt"):
         order, mapped to their shapes.
     """
     keys = {}
-    with open(os.path.join(SPEC_DIR, "official_keys", name)) as f:
+    with open(os.path.join(DATA_DIR, "official_keys", name)) as f:
         for line in f:
             key, shape = line.rstrip("\n").split("\t")
             if key.startswith(prefix):

@@ -1,10 +1,11 @@
 """
 A deliberately slow, independent reference of the SeMask Swin backbone forward pass.
 
-Written from the formulas in ``shared/spec/SEMASK.md`` (sections 2, 3, 9, 10), not from any
-official code. Everything runs in float64 with explicit Python loops over images, windows and
-tokens, so that it shares no vectorised trick (window partition by reshape, mask broadcasting,
-``torch.roll``, fused attention) with the fast implementation it is used to check.
+Written from the formulas of the SeMask and Swin papers (arXiv 2112.12782, 2103.14030) and the
+official state-dict key names, not from any official code. Everything runs in float64 with explicit
+Python loops over images, windows and tokens, so that it shares no vectorised trick (window
+partition by reshape, mask broadcasting, ``torch.roll``, fused attention) with the fast
+implementation it is used to check.
 
 Only the test-suite imports this module.
 """
@@ -305,7 +306,7 @@ def reference_forward(
 
     Args:
         state_dict (dict[str, Tensor]): backbone weights with the official key names
-            (SEMASK.md section 10, without the ``backbone.`` prefix).
+            (``tests/data/official_keys``, without the ``backbone.`` prefix).
             ``attn.relative_position_index`` is ignored.
         x (Tensor): (B, 3, H, W) input.
         num_heads (list[int]): attention heads per stage.

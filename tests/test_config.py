@@ -12,7 +12,7 @@ from detectron2.modeling import build_backbone
 
 from semask_d2 import add_semask_config
 
-OFFICIAL = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "spec", "official_configs")
+OFFICIAL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "official_configs")
 FILES = ["semask_swinL_mask2former_ade20k.yaml", "semask_swinL_mask2former_cityscapes.yaml"]
 
 

@@ -1,4 +1,4 @@
-"""Every YAML in configs/ merges and builds; SeMask-FPN recipes are pinned (SEMASK.md §13-14)."""
+"""Every YAML in configs/ merges and builds; SeMask-FPN recipes are pinned (official SeMask-FPN)."""
 
 import glob
 import os
@@ -55,7 +55,7 @@ RECIPES = {
         test="coco_2017_test_stuff_10k_sem_seg",
     ),
 }
-# embed_dim, depths, num_heads, window (= semantic window), pretraining size (SEMASK.md §9).
+# embed_dim, depths, num_heads, window (= semantic window), pretraining size (official configs).
 SIZES = {
     "tiny": (96, [2, 2, 6, 2], [3, 6, 12, 24], 7, 224),
     "small": (96, [2, 2, 18, 2], [3, 6, 12, 24], 7, 224),
@@ -106,7 +106,7 @@ def leaves():
 
 
 def mmseg_windowed(embed_dim, num_classes):
-    """The mmseg SeMask-FPN rule (SEMASK.md §3.1)."""
+    """The mmseg SeMask-FPN rule (official ``semask_swin_transformer.py`` of SeMask-FPN)."""
     if embed_dim in (96, 192) and num_classes > 19:
         return [True, True, False, False]
     return [True] * 4

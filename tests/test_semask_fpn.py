@@ -209,7 +209,7 @@ class TestSeMaskSemanticSegmentor(unittest.TestCase):
         for name, p in model.named_parameters():
             self.assertIsNotNone(p.grad, name)
             if "mlp_res" in name or "gamma" in name:
-                # The dead branch of the detectron2 SeMask code (SEMASK.md §4).
+                # The dead branch of the detectron2 SeMask code (README.md).
                 self.assertTrue(torch.all(p.grad == 0), name)
 
     def test_inference_sizes_and_no_prior_decoding(self):

@@ -16,7 +16,7 @@ from semask_d2.modeling.meta_arch import SeMaskMaskFormer
 from semask_d2.modeling.semantic_prior import SemanticPriorLoss
 from semask_d2.modeling.test_time_augmentation import SemanticSegmentorWithTTA
 
-from model_fixtures import SPEC_DIR, official_keys, shrink, training_inputs
+from model_fixtures import DATA_DIR, official_keys, shrink, training_inputs
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 TINY_CONFIG = os.path.join(
@@ -45,7 +45,7 @@ class TestOfficialCompatibility(unittest.TestCase):
             add_semask_config(cfg)
             cfg.merge_from_file(
                 os.path.join(
-                    SPEC_DIR, "official_configs", f"semask_swinL_mask2former_{dataset}.yaml"
+                    DATA_DIR, "official_configs", f"semask_swinL_mask2former_{dataset}.yaml"
                 )
             )
             # Shapes only: the full SeMask-L model without allocating its weights.
@@ -55,7 +55,7 @@ class TestOfficialCompatibility(unittest.TestCase):
             self.assertIsInstance(model, SeMaskMaskFormer)
             ours = {k: list(v.shape) for k, v in model.state_dict().items()}
             self.assertEqual(ours, official_keys(name=f"semask_swinL_mask2former_{dataset}.txt"))
-            # SEMASK.md §13: 222M.
+            # 222M, as in the official README's results table.
             self.assertEqual(sum(p.numel() for p in model.parameters()), params)
 
     def test_checkpoint_round_trip_with_module_versions(self):

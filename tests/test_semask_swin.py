@@ -164,7 +164,7 @@ class TestSeMaskSwinConfig(unittest.TestCase):
             self.assertEqual(ours, spec, name)
 
     def test_parameter_counts(self):
-        # Swin + semantic layers for K = 150; SEMASK.md §9 gives the added 2.01M / 3.37M / 7.14M.
+        # Swin + semantic layers for K = 150; the semantic layers add 2.01M / 3.37M / 7.14M.
         expected = {
             "tiny": (29_526_382, 2_005_684),
             "small": (50_844_286, 2_005_684),

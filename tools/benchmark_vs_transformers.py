@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """
 Latency of a SeMask Mask2Former config against transformers' Mask2FormerForUniversalSegmentation
-with a Swin-T backbone (MASK2FORMER.md §12), both built with random weights (no download).
+with a Swin-T backbone (huggingface/transformers), both built with random weights (no download).
 
 Compared like with like: both models take the same normalised (1, 3, H, W) tensor and their
 (class logits, mask logits) go through the same semantic post-processing to the input size
@@ -58,7 +58,7 @@ def semantic_postprocess(
     class_logits: torch.Tensor, mask_logits: torch.Tensor, size: Tuple[int, int]
 ) -> torch.Tensor:
     """
-    Semantic scores of a mask-classification output (MASK2FORMER.md §7), at `size`.
+    Semantic scores of a mask-classification output (Mask2Former semantic inference), at `size`.
 
     Args:
         class_logits (Tensor): (B, Q, K + 1), the last class "no object".

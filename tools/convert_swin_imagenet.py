@@ -2,7 +2,7 @@
 """
 Convert a Swin ImageNet checkpoint into Detectron2 weights for ``D2SeMaskSwinTransformer``.
 
-Two source layouts are recognised from their keys (SEMASK.md §10):
+Two source layouts are recognised from their keys:
 
 * official Swin (``swin_tiny_patch4_window7_224.pth`` ... ``swin_large_patch4_window12_384_22k``,
   state dict under ``"model"``): ``layers.{i}.downsample.*`` ends stage i, heads are ``head.*``,

@@ -1,9 +1,9 @@
 """
-Set-prediction losses of Mask2Former (``shared/spec/MASK2FORMER.md`` §6): after Hungarian
-matching, cross-entropy on the classes of all queries and point-sampled sigmoid BCE and dice on
-the matched masks, for the final prediction and (deep supervision) every auxiliary one.
-Written for semask-d2. The SeMask prior loss `loss_cate` is computed by
-`semask_d2.modeling.semantic_prior.SemanticPriorLoss`, not here.
+Set-prediction losses of Mask2Former (Cheng et al., arXiv 2112.01527; facebookresearch/Mask2Former
+``mask2former/modeling/criterion.py``): after Hungarian matching, cross-entropy on the classes of
+all queries and point-sampled sigmoid BCE and dice on the matched masks, for the final prediction
+and (deep supervision) every auxiliary one. Written for semask-d2. The SeMask prior loss `loss_cate`
+is computed by `semask_d2.modeling.semantic_prior.SemanticPriorLoss`, not here.
 """
 
 from typing import Dict, List, Tuple

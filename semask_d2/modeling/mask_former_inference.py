@@ -1,7 +1,9 @@
 """
-Per-image inference of mask-classification models (``shared/spec/MASK2FORMER.md`` §7): turns
-query class logits and mask logits into a semantic score map, a panoptic segmentation or
-instances. Pure functions: thresholds and metadata come in as arguments. Written for semask-d2.
+Per-image inference of mask-classification models (facebookresearch/Mask2Former
+``mask2former/maskformer_model.py``, ``semantic_inference`` / ``panoptic_inference`` /
+``instance_inference``): turns query class logits and mask logits into a semantic score map, a
+panoptic segmentation or instances. Pure functions: thresholds and metadata come in as arguments.
+Written for semask-d2.
 """
 
 from typing import Collection, Dict, List, Optional, Tuple

@@ -1,6 +1,7 @@
 """
 Hungarian matching of predicted masks to ground-truth masks, per image, from class and
-point-sampled mask costs (``shared/spec/MASK2FORMER.md`` §5). Written for semask-d2.
+point-sampled mask costs (facebookresearch/Mask2Former ``mask2former/modeling/matcher.py``).
+Written for semask-d2.
 """
 
 from typing import Dict, List, Tuple

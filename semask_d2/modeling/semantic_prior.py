@@ -1,7 +1,8 @@
 """
 The SeMask semantic prior: a parameter-free decoder that sums the per-stage prior logits at the
-finest stride, and the cross-entropy prior loss `loss_cate` on it (``SEMASK.md`` §6-7). Shared by
-every SeMask meta-architecture.
+finest stride, and the cross-entropy prior loss `loss_cate` on it (SeMask, arXiv 2112.12782;
+``SemanticHead`` and ``SeMaskSetCriterion`` of the official SeMask-Mask2Former;
+``branch_fpn_head.py`` of the official SeMask-FPN). Shared by every SeMask meta-architecture.
 """
 
 import math

@@ -1,5 +1,6 @@
 """
-Optimizer of the SeMask recipes (SEMASK.md §14), built from detectron2's helpers.
+Optimizer of the SeMask recipes (official SeMask configs and ``train_net.py``,
+Picsart-AI-Research/SeMask-Segmentation), built from detectron2's helpers.
 
 Parameter groups come from :func:`detectron2.solver.get_default_optimizer_params`: the backbone
 (module path prefix ``backbone.``, semantic layers included) trains at BASE_LR x

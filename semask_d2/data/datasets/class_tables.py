@@ -1,8 +1,10 @@
 """
 Class tables shipped with the package (``tables/*.json``) and a fallback colour palette.
 
-The tables are read on first use and cached; see ``tables/README`` in the project spec for the
-public sources of the values.
+The tables are read on first use and cached. Their values are those of Mask2Former's dataset
+registration (facebookresearch/Mask2Former
+``mask2former/data/datasets/register_ade20k_panoptic.py``, ``register_ade20k_full.py``,
+``register_coco_stuff_10k.py``); see also datasets/README.md.
 """
 
 import functools

@@ -1,7 +1,9 @@
 """
-The SeMask semantic layer (Jain et al., arXiv 2112.12782), computed exactly as the official
-code does (``shared/spec/SEMASK.md`` §3). Written for semask-d2; parameter names follow the
-official checkpoints (``semantic_layer.norm1``, ``class_injection.{n}.mlp_cls_q`` ...).
+The SeMask semantic layer (Jain et al., arXiv 2112.12782), computed exactly as the official code
+does (``SemanticAttention`` in the official SeMask-Mask2Former
+``mask2former/modeling/backbone/semask_swin.py``, Picsart-AI-Research/SeMask-Segmentation). Written
+for semask-d2; parameter names follow the official checkpoints (``semantic_layer.norm1``,
+``class_injection.{n}.mlp_cls_q`` ...).
 """
 
 from typing import Tuple

@@ -1,11 +1,13 @@
 """
 SeMask Swin Transformer backbone for Detectron2 (Jain et al., arXiv 2112.12782).
 
-Written for semask-d2 from ``shared/spec/SEMASK.md``. The state-dict keys and shapes are those of
-the official SeMask-Mask2Former backbone, so official checkpoints load without renaming; the
-computation is the official one. Unlike the official backbone, ``forward`` returns one dict
-(features and prior maps), ``output_shape()`` describes all of it, ``NUM_SEM_BLOCKS: 0`` gives a
-plain Swin, and the semantic layers train under the default init.
+Written for semask-d2 from the paper and the official SeMask-Mask2Former
+``mask2former/modeling/backbone/semask_swin.py`` (Picsart-AI-Research/SeMask-Segmentation). The
+state-dict keys and shapes are those of the official SeMask-Mask2Former backbone, so official
+checkpoints load without renaming; the computation is the official one. Unlike the official
+backbone, ``forward`` returns one dict (features and prior maps), ``output_shape()`` describes all
+of it, ``NUM_SEM_BLOCKS: 0`` gives a plain Swin, and the semantic layers train under the default
+init.
 """
 
 from typing import Dict, List, Optional, Sequence
@@ -24,7 +26,8 @@ from .swin_blocks import PatchEmbed, PatchMerging, SwinBlock, build_shift_mask
 
 __all__ = ["D2SeMaskSwinTransformer", "SeMaskSwinStage", "SWIN_SIZES", "default_sem_windowed"]
 
-# Swin sizes (SEMASK.md §9): embed_dim, depths, num_heads, window_size.
+# Swin sizes (Swin paper, arXiv 2103.14030; official SeMask configs): embed_dim, depths,
+# num_heads, window_size.
 SWIN_SIZES = {
     "tiny": dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=7),
     "small": dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24), window_size=7),

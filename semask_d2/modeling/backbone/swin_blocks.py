@@ -1,9 +1,11 @@
 """
 Swin Transformer building blocks for dense prediction (Liu et al., arXiv 2103.14030).
 
-Written for semask-d2 from the paper and the facts in ``shared/spec/SEMASK.md`` §2; parameter
-names follow the official Swin checkpoints so that ImageNet and SeMask weights load unchanged.
-Every module takes the spatial size as an argument: nothing about the last input is stored.
+Written for semask-d2 from the paper and the Swin blocks of the official SeMask backbone
+(``mask2former/modeling/backbone/semask_swin.py``, Picsart-AI-Research/SeMask-Segmentation);
+parameter names follow the official Swin checkpoints so that ImageNet and SeMask weights load
+unchanged. Every module takes the spatial size as an argument: nothing about the last input is
+stored.
 """
 
 import functools

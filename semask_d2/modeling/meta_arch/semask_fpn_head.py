@@ -1,6 +1,8 @@
 """
 The Semantic-FPN decode head of the mmseg SeMask-FPN, as a subclass of detectron2's
-:class:`SemSegFPNHead` (SEMASK.md §8). Written for semask-d2; no code copied from mmseg or SeMask.
+:class:`SemSegFPNHead` (official SeMask-FPN ``mmseg/models/decode_heads/branch_fpn_head.py``,
+Picsart-AI-Research/SeMask-Segmentation). Written for semask-d2; no code copied from mmseg or
+SeMask.
 """
 
 from typing import Dict

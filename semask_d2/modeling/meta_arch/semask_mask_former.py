@@ -1,7 +1,7 @@
 """
 SeMask-Mask2Former (registry name of the official code): SeMask Swin backbone, Mask2Former head,
 set criterion and the shared semantic prior loss (official detectron2 convention). Semantic,
-panoptic and instance inference as Mask2Former (MASK2FORMER.md §7).
+panoptic and instance inference as Mask2Former (``mask2former/maskformer_model.py``).
 """
 
 from typing import Dict, List, Optional

@@ -1,6 +1,7 @@
 """
 SeMask on detectron2's :class:`SemanticSegmentor`: the head's loss plus the semantic prior loss
-``loss_cate`` on the backbone's ``resN_prior`` maps (SEMASK.md §7). With :class:`SeMaskFPNHead`
+``loss_cate`` on the backbone's ``resN_prior`` maps (SeMask, arXiv 2112.12782; official SeMask-FPN
+``mmseg/models/decode_heads/branch_fpn_head.py``). With :class:`SeMaskFPNHead`
 and ``MODEL.SEMASK.PRIOR_CONVENTION: mmseg`` this is the mmseg SeMask-FPN.
 """
 

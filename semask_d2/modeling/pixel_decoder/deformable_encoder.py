@@ -1,6 +1,7 @@
 """
 Multi-scale deformable transformer encoder of Deformable DETR as used by Mask2Former's pixel
-decoder (MASK2FORMER.md §2 items 3-5). Written for semask-d2; no code copied. Module and
+decoder (facebookresearch/Mask2Former ``mask2former/modeling/pixel_decoder/msdeformattn.py``).
+Written for semask-d2; no code copied. Module and
 parameter names equal the reference so official checkpoints load.
 """
 

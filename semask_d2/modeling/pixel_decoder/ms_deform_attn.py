@@ -1,7 +1,8 @@
 """
 Multi-scale deformable attention (Deformable DETR, Zhu et al., arXiv 2010.04159) in pure PyTorch.
 
-Written for semask-d2 from the published definition (MASK2FORMER.md §3); no code copied. The
+Written for semask-d2 from the published definition (and the op Mask2Former vendors,
+``mask2former/modeling/pixel_decoder/ops/modules/ms_deform_attn.py``); no code copied. The
 weights and conventions equal those of the compiled op vendored by Mask2Former, so official
 checkpoints load unchanged, but nothing here needs a compiled extension.
 """

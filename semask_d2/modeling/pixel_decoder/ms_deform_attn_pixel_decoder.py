@@ -1,5 +1,6 @@
 """
-Mask2Former's multi-scale deformable-attention pixel decoder (MASK2FORMER.md §2), registered
+Mask2Former's multi-scale deformable-attention pixel decoder (facebookresearch/Mask2Former
+``mask2former/modeling/pixel_decoder/msdeformattn.py``), registered
 under its official name. Written for semask-d2; no code copied. Parameter names equal the
 official ones, so ``sem_seg_head.pixel_decoder.*`` weights of official checkpoints load as is.
 """

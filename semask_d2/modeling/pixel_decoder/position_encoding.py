@@ -1,6 +1,7 @@
 """
 Sine position embedding of DETR (Carion et al., arXiv 2005.12872), as Mask2Former uses it without
-a padding mask. Written for semask-d2 from the definition (MASK2FORMER.md §2); no code copied.
+a padding mask (``mask2former/modeling/transformer_decoder/position_encoding.py``). Written for
+semask-d2 from the definition; no code copied.
 """
 
 import math

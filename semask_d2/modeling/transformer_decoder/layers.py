@@ -2,9 +2,11 @@
 Building blocks of the masked transformer decoder: self-attention, masked cross-attention and
 FFN layers on batch-first query tensors, and the MLP of the mask-embedding head.
 
-Written for semask-d2 from ``shared/spec/MASK2FORMER.md`` §4. Attribute names (`self_attn`,
-`multihead_attn`, `linear1`, `linear2`, `norm`, `layers`) follow the official Mask2Former
-checkpoints so that they load unchanged. Dropout is left out: the official decoder hard-codes 0.
+Written for semask-d2 from the Mask2Former paper (arXiv 2112.01527) and facebookresearch/Mask2Former
+``mask2former/modeling/transformer_decoder/mask2former_transformer_decoder.py``. Attribute names
+(`self_attn`, `multihead_attn`, `linear1`, `linear2`, `norm`, `layers`) follow the official
+Mask2Former checkpoints so that they load unchanged. Dropout is left out: the official decoder
+hard-codes 0.
 """
 
 from typing import Optional

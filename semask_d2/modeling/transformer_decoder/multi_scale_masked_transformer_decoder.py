@@ -2,8 +2,9 @@
 The multi-scale masked-attention transformer decoder of Mask2Former (Cheng et al., arXiv
 2112.01527), the `predictor` of the SeMask-Mask2Former head.
 
-Written for semask-d2 from ``shared/spec/MASK2FORMER.md`` §4; parameter names and shapes follow
-the official checkpoints (§9), so official weights load unchanged. Queries are batch-first
+Written for semask-d2 from facebookresearch/Mask2Former
+``mask2former/modeling/transformer_decoder/mask2former_transformer_decoder.py``; parameter names and
+shapes follow the official checkpoints, so official weights load unchanged. Queries are batch-first
 (B, Q, C) throughout.
 """
 
