@@ -16,6 +16,8 @@ from detectron2.engine import DefaultPredictor
 from detectron2.utils.colormap import colormap
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
+from semask_d2.modeling.semantic_prior import prior_features, stage_of_prior
+
 __all__ = [
     "PRIOR_ALPHA",
     "SeMaskPredictor",
@@ -44,10 +46,10 @@ class SeMaskPredictor(DefaultPredictor):
             cfg (CfgNode): a full SeMask config (``add_semask_config`` applied).
         """
         super().__init__(cfg)
-        shapes = self.model.backbone.output_shape()
-        # Sorted: res2_prior..res5_prior, finest stride first.
+        # res2_prior..res5_prior, finest stride first.
         self.prior_strides = {
-            name: shapes[name].stride for name in sorted(shapes) if name.endswith("_prior")
+            name: shape.stride
+            for name, shape in prior_features(self.model.backbone.output_shape()).items()
         }
         self._priors: Dict[str, torch.Tensor] = {}
         self.model.backbone.register_forward_hook(self._keep_priors)
@@ -205,5 +207,5 @@ def draw_prior_maps(
         full = prior_labels_to_image(
             labels, strides[name], result["resized_size"], image_rgb.shape[:2]
         )
-        images[name[: -len("_prior")]] = blend_labels(image_rgb, full, colors)
+        images[stage_of_prior(name)] = blend_labels(image_rgb, full, colors)
     return images

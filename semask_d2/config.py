@@ -86,9 +86,13 @@ def _add_swin_config(cfg: CN) -> None:
 def _add_prior_config(cfg: CN) -> None:
     if "MASK_FORMER" not in cfg.MODEL:
         cfg.MODEL.MASK_FORMER = CN()
-    # Weight of the semantic prior loss `loss_cate` (official name and value).
+    # Weight of the semantic prior loss `loss_cate` (official name and value), unless
+    # MODEL.SEMASK.PRIOR_LOSS_WEIGHT is set. Read for every meta-architecture, FPN included.
     cfg.MODEL.MASK_FORMER.CATE_WEIGHT = 0.4
     cfg.MODEL.SEMASK = CN()
+    # New. Weight of `loss_cate`; None (default) means MODEL.MASK_FORMER.CATE_WEIGHT, where the
+    # official code reads it. When set, this value wins.
+    cfg.MODEL.SEMASK.PRIOR_LOSS_WEIGHT = None
     # New. How the summed stride-4 prior map meets the labels:
     # "detectron2": bilinear with align_corners=True, up to the padded input size (official
     #   SeMask-Mask2Former); labels smaller than that are padded with the ignore value.
@@ -103,40 +107,43 @@ def _add_fpn_head_config(cfg: CN) -> None:
 
 
 def _add_mask_former_config(cfg: CN) -> None:
-    # Keys of the official SeMask-Mask2Former configs (same names, meanings and types).
-    # Defaults are the Mask2Former semantic-segmentation recipe values.
+    # Keys of the official SeMask-Mask2Former configs (same names, meanings and types). Defaults
+    # are the official `add_maskformer2_config` defaults, so that an official file omitting a key
+    # builds the official model; our YAMLs state the Mask2Former recipe values explicitly.
     mf = cfg.MODEL.MASK_FORMER
     # Auxiliary losses on the predictions before the first and after every decoder layer.
     mf.DEEP_SUPERVISION = True
     # Class weight of "no object" in loss_ce.
     mf.NO_OBJECT_WEIGHT = 0.1
     # Loss weights of loss_ce, loss_mask (point-sampled sigmoid BCE) and loss_dice; they are
-    # also the cost weights of the Hungarian matcher.
-    mf.CLASS_WEIGHT = 2.0
+    # also the cost weights of the Hungarian matcher. Mask2Former recipe: 2.0 / 5.0 / 5.0.
+    mf.CLASS_WEIGHT = 1.0
     # (see CLASS_WEIGHT)
-    mf.MASK_WEIGHT = 5.0
+    mf.MASK_WEIGHT = 20.0
     # (see CLASS_WEIGHT)
-    mf.DICE_WEIGHT = 5.0
-    # Attention heads of the masked transformer decoder.
+    mf.DICE_WEIGHT = 1.0
+    # Attention heads of the masked transformer decoder and, as in the official code, of the
+    # deformable attention of MSDeformAttnPixelDecoder.
     mf.NHEADS = 8
     # Dropout of the deformable encoder layers (the masked decoder uses none, as official).
-    mf.DROPOUT = 0.0
+    # Mask2Former recipe: 0.0.
+    mf.DROPOUT = 0.1
     # FFN width of the masked transformer decoder layers.
     mf.DIM_FEEDFORWARD = 2048
     # Unused by the multi-scale decoder (a MaskFormer-v1 key kept for official files).
     mf.ENC_LAYERS = 0
     # Predictions of the transformer decoder: one before its first layer and one after each of
-    # its DEC_LAYERS - 1 layers (official off-by-one: 10 means 9 layers).
-    mf.DEC_LAYERS = 10
+    # its DEC_LAYERS - 1 layers (official off-by-one: 10 means 9 layers). Mask2Former recipe: 10.
+    mf.DEC_LAYERS = 6
     # Pre-norm instead of post-norm transformer decoder layers.
     mf.PRE_NORM = False
     # Channels of the queries and of the decoder.
     mf.HIDDEN_DIM = 256
     # Number of queries.
     mf.NUM_OBJECT_QUERIES = 100
-    # Which features the transformer decoder reads; "multi_scale_pixel_decoder": the pixel
-    # decoder's 1/32, 1/16, 1/8 maps.
-    mf.TRANSFORMER_IN_FEATURE = "multi_scale_pixel_decoder"
+    # Which features the transformer decoder reads; "multi_scale_pixel_decoder" (Mask2Former
+    # recipe): the pixel decoder's 1/32, 1/16, 1/8 maps.
+    mf.TRANSFORMER_IN_FEATURE = "res5"
     # Project decoder inputs with a 1x1 conv even when their channels equal HIDDEN_DIM.
     mf.ENFORCE_INPUT_PROJ = False
     # Pad images to a multiple of this (pixels); -1: ask the backbone (32).
@@ -156,29 +163,33 @@ def _add_mask_former_config(cfg: CN) -> None:
     mf.TEST.INSTANCE_ON = False
     # (see SEMANTIC_ON)
     mf.TEST.PANOPTIC_ON = False
-    # Panoptic: keep queries whose class score exceeds this.
-    mf.TEST.OBJECT_MASK_THRESHOLD = 0.8
-    # Panoptic: drop segments keeping less than this fraction of their mask after overlaps.
-    mf.TEST.OVERLAP_THRESHOLD = 0.8
+    # Panoptic: keep queries whose class score exceeds this (Mask2Former recipe: 0.8).
+    mf.TEST.OBJECT_MASK_THRESHOLD = 0.0
+    # Panoptic: drop segments keeping less than this fraction of their mask after overlaps
+    # (Mask2Former recipe: 0.8).
+    mf.TEST.OVERLAP_THRESHOLD = 0.0
     # Crop and resize the mask logits to the output size before semantic inference.
     mf.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE = False
 
     head = cfg.MODEL.SEM_SEG_HEAD
     # Channels of the per-pixel mask embeddings.
     head.MASK_DIM = 256
-    # Registry name of the pixel decoder.
-    head.PIXEL_DECODER_NAME = "MSDeformAttnPixelDecoder"
-    # Layers of the deformable-attention encoder of the pixel decoder.
-    head.TRANSFORMER_ENC_LAYERS = 6
+    # Registry name of the pixel decoder (Mask2Former recipe: "MSDeformAttnPixelDecoder").
+    head.PIXEL_DECODER_NAME = "BasePixelDecoder"
+    # Layers of the deformable-attention encoder of the pixel decoder (Mask2Former recipe: 6).
+    head.TRANSFORMER_ENC_LAYERS = 0
     # Backbone features refined by the deformable encoder (coarse levels).
     head.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES = ["res3", "res4", "res5"]
-    # Sampling points per head and level of multi-scale deformable attention.
+    # Not read, as in the official code: MSDeformAttnPixelDecoder samples 4 points per head and
+    # level (hard-coded there). Accepted so that official files merge; a value other than 4
+    # draws a warning.
     head.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS = 4
-    # Heads of multi-scale deformable attention. Read here; the official code ignored it and
-    # used MASK_FORMER.NHEADS (both are 8 in every official file).
+    # Not read, as in the official code: the deformable attention has MODEL.MASK_FORMER.NHEADS
+    # heads. Accepted so that official files merge; a value other than NHEADS draws a warning.
     head.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS = 8
-    # New. FFN width of the deformable encoder layers (hard-coded 1024 in the official code).
-    head.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD = 1024
+    # New. FFN width of the deformable encoder layers; None (default): 1024, hard-coded in the
+    # official code (official files lack this key, so they always get 1024).
+    head.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD = None
 
 
 def _add_input_config(cfg: CN) -> None:

@@ -15,10 +15,54 @@ from torch import nn
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 
-__all__ = ["SemanticPriorLoss", "PRIOR_CONVENTIONS"]
+__all__ = [
+    "SemanticPriorLoss",
+    "PRIOR_CONVENTIONS",
+    "build_prior_loss",
+    "is_prior_feature",
+    "prior_feature_name",
+    "prior_features",
+    "stage_of_prior",
+]
 
 # "detectron2": official SeMask-Mask2Former; "mmseg": official SeMask-FPN.
 PRIOR_CONVENTIONS = ("detectron2", "mmseg")
+
+# A backbone's prior map of stage "res2" is the output "res2_prior".
+_PRIOR_SUFFIX = "_prior"
+
+
+def prior_feature_name(stage: str) -> str:
+    """The output key of the prior map of `stage` (e.g. "res2" -> "res2_prior")."""
+    return stage + _PRIOR_SUFFIX
+
+
+def is_prior_feature(name: str) -> bool:
+    """Whether the backbone output `name` is a prior map."""
+    return name.endswith(_PRIOR_SUFFIX)
+
+
+def stage_of_prior(name: str) -> str:
+    """The stage of the prior map `name` (e.g. "res2_prior" -> "res2")."""
+    if not is_prior_feature(name):
+        raise ValueError(f"{name!r} is not a prior-map key (expected '<stage>{_PRIOR_SUFFIX}')")
+    return name[: -len(_PRIOR_SUFFIX)]
+
+
+def prior_features(input_shape: Dict[str, ShapeSpec]) -> Dict[str, ShapeSpec]:
+    """The prior maps among backbone outputs, finest stride first."""
+    priors = {k: v for k, v in input_shape.items() if is_prior_feature(k)}
+    return dict(sorted(priors.items(), key=lambda kv: kv[1].stride))
+
+
+def build_prior_loss(cfg, input_shape: Dict[str, ShapeSpec]) -> Optional["SemanticPriorLoss"]:
+    """
+    The prior loss of a model whose backbone outputs `input_shape`, or None when the backbone
+    returns no prior maps (``MODEL.SWIN.NUM_SEM_BLOCKS: 0``).
+    """
+    if not prior_features(input_shape):
+        return None
+    return SemanticPriorLoss(cfg, input_shape)
 
 
 class SemanticPriorLoss(nn.Module):
@@ -71,12 +115,14 @@ class SemanticPriorLoss(nn.Module):
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
-        names = [k for k in input_shape if k.endswith("_prior")]
+        priors = prior_features(input_shape)
+        weight = cfg.MODEL.SEMASK.PRIOR_LOSS_WEIGHT
         return {
-            "in_features": names,
-            "in_strides": [input_shape[k].stride for k in names],
+            "in_features": list(priors),
+            "in_strides": [s.stride for s in priors.values()],
+            # The official code ignores 255, whatever IGNORE_VALUE says; we honour the key.
             "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
-            "loss_weight": cfg.MODEL.MASK_FORMER.CATE_WEIGHT,
+            "loss_weight": cfg.MODEL.MASK_FORMER.CATE_WEIGHT if weight is None else weight,
             "convention": cfg.MODEL.SEMASK.PRIOR_CONVENTION,
         }
 

@@ -21,6 +21,7 @@ from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
+from ..semantic_prior import prior_feature_name
 from .semantic_layer import SemanticLayer
 from .swin_blocks import PatchEmbed, PatchMerging, SwinBlock, build_shift_mask
 
@@ -274,7 +275,9 @@ class D2SeMaskSwinTransformer(Backbone):
                 self._out_feature_channels[name] = channels
                 # One output norm per returned stage, as the official `norm{i}`.
                 self.add_module(f"norm{i}", nn.LayerNorm(channels))
-        self._prior_features = [f"{n}_prior" for n in stage_names] if num_sem_blocks > 0 else []
+        self._prior_features = (
+            [prior_feature_name(n) for n in stage_names] if num_sem_blocks > 0 else []
+        )
         for i, name in enumerate(self._prior_features):
             self._out_feature_strides[name] = patch_size * 2**i
             self._out_feature_channels[name] = num_classes
@@ -333,7 +336,7 @@ class D2SeMaskSwinTransformer(Backbone):
                 outputs[name] = out.view(-1, h, w, out.shape[-1]).permute(0, 3, 1, 2).contiguous()
             if prior is not None:
                 prior = prior.view(-1, h, w, self.num_classes)
-                outputs[f"{name}_prior"] = prior.permute(0, 3, 1, 2).contiguous()
+                outputs[prior_feature_name(name)] = prior.permute(0, 3, 1, 2).contiguous()
             h, w = h_next, w_next
         return outputs
 

@@ -5,7 +5,7 @@ Picsart-AI-Research/SeMask-Segmentation). Written for semask-d2; no code copied 
 SeMask.
 """
 
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +15,8 @@ from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from detectron2.modeling.meta_arch.semantic_seg import SemSegFPNHead
+
+from ..semantic_prior import build_prior_loss
 
 __all__ = ["SeMaskFPNHead"]
 
@@ -29,7 +31,9 @@ class SeMaskFPNHead(SemSegFPNHead):
     ``conv_dims`` channels (no bias when normalized), norm, ReLU, x2 bilinear upsample
     (align_corners=False) unless s == common_stride]; the levels are summed, dropped out and
     classified; logits are upsampled x common_stride (align_corners=False). The loss is
-    :class:`SemSegFPNHead`'s (cross-entropy over labelled pixels, times ``loss_weight``).
+    :class:`SemSegFPNHead`'s (cross-entropy over labelled pixels, times ``loss_weight``), plus
+    the prior loss ``loss_cate`` on the backbone's prior maps in training, so that detectron2's
+    :class:`SemanticSegmentor` trains SeMask-FPN as it is.
 
     Key map from a released mmseg SeMask-FPN checkpoint (``decode_head`` = ``BranchFPNHead``,
     channels 256, i = level 0..3 for res2..res5, j = 0, 2, 4 the conv positions, Upsample
@@ -40,7 +44,7 @@ class SeMaskFPNHead(SemSegFPNHead):
       (weight, bias, running_mean, running_var, num_batches_tracked; NORM "BN" or "SyncBN")
     * ``decode_head.conv_seg.{weight,bias}`` -> ``sem_seg_head.predictor.{weight,bias}``
     * ``BranchFPNHead.cls_scale_heads`` has no parameters: the prior decoding is
-      :class:`SemanticPriorLoss`, owned by the meta-architecture.
+      :class:`SemanticPriorLoss`, run by this head in training.
 
     Differences from mmseg: fresh convs use detectron2's MSRA fill and the classifier too
     (mmseg: normal std 0.01); mmseg's OHEM pixel sampler (SeMask-L ADE20K, COCO-Stuff) is not
@@ -48,22 +52,66 @@ class SeMaskFPNHead(SemSegFPNHead):
     """
 
     @configurable
-    def __init__(self, input_shape: Dict[str, ShapeSpec], *, dropout: float = 0.1, **kwargs):
+    def __init__(
+        self,
+        input_shape: Dict[str, ShapeSpec],
+        *,
+        dropout: float = 0.1,
+        prior_loss: Optional[nn.Module] = None,
+        **kwargs,
+    ):
         """
         Args:
             input_shape (dict[str, ShapeSpec]): the features to read, e.g. res2..res5.
             dropout (float): Dropout2d probability before the classifier (mmseg 0.1).
+            prior_loss (nn.Module or None): maps (backbone outputs, (B, H, W) labels) to
+                {"loss_cate": Tensor} in training, e.g. :class:`SemanticPriorLoss`; None for a
+                backbone without prior maps (``MODEL.SWIN.NUM_SEM_BLOCKS: 0``).
             kwargs: the arguments of :class:`SemSegFPNHead` (num_classes, conv_dims,
                 common_stride, loss_weight, norm, ignore_value).
         """
         super().__init__(input_shape, **kwargs)
         self.dropout = nn.Dropout2d(dropout)
+        self.prior_loss = prior_loss
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
         ret = super().from_config(cfg, input_shape)
         ret["dropout"] = cfg.MODEL.SEM_SEG_HEAD.DROPOUT
+        ret["prior_loss"] = build_prior_loss(cfg, input_shape)
+        # The head is the only consumer of the backbone under SemanticSegmentor: an output it
+        # ignores leaves parameters without gradient, and DDP fails.
+        consumed = set(ret["input_shape"])
+        if ret["prior_loss"] is not None:
+            consumed |= set(ret["prior_loss"].in_features)
+        unused = sorted(set(input_shape) - consumed)
+        if unused:
+            raise ValueError(
+                f"Backbone outputs {unused} are not used by SeMaskFPNHead or the prior loss: "
+                "their parameters would get no gradient (DDP fails). Make "
+                "MODEL.SWIN.OUT_FEATURES match MODEL.SEM_SEG_HEAD.IN_FEATURES."
+            )
         return ret
+
+    def forward(self, features: Dict[str, torch.Tensor], targets: Optional[torch.Tensor] = None):
+        """
+        Args:
+            features (dict[str, Tensor]): backbone outputs, prior maps included.
+            targets (Tensor or None): (B, H, W) labels padded like the images, `ignore_value`
+                where unlabelled; required in training.
+        Returns:
+            In training (None, {"loss_sem_seg", "loss_cate"}) (no ``loss_cate`` without prior
+            maps); in inference ((B, K, H, W) logits, {}): the prior maps are never decoded.
+        """
+        if self.training and targets is None:
+            raise ValueError(
+                "SeMaskFPNHead needs 'sem_seg' labels in training: use a dataset with sem_seg "
+                "files and a mapper that emits them (INPUT.DATASET_MAPPER_NAME)"
+            )
+        results, losses = super().forward(features, targets)
+        if self.training and self.prior_loss is not None:
+            losses.update(self.prior_loss(features, targets))
+        return results, losses
 
     def layers(self, features: Dict[str, torch.Tensor]) -> torch.Tensor:
         """

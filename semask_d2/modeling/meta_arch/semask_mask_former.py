@@ -19,7 +19,7 @@ from detectron2.utils.memory import retry_if_cuda_oom
 
 from ..criterion import SetCriterion
 from ..mask_former_inference import instance_inference, panoptic_inference, semantic_inference
-from ..semantic_prior import SemanticPriorLoss
+from ..semantic_prior import build_prior_loss
 
 __all__ = ["SeMaskMaskFormer"]
 
@@ -93,17 +93,17 @@ class SeMaskMaskFormer(nn.Module):
     def from_config(cls, cfg):
         backbone = build_backbone(cfg)
         shapes = backbone.output_shape()
-        has_priors = any(name.endswith("_prior") for name in shapes)
         mf = cfg.MODEL.MASK_FORMER
         thing_ids = []
-        if cfg.DATASETS.TEST:
-            meta = MetadataCatalog.get(cfg.DATASETS.TEST[0])
+        # As the official code: thing classes from the first training set, also at test time.
+        if cfg.DATASETS.TRAIN:
+            meta = MetadataCatalog.get(cfg.DATASETS.TRAIN[0])
             thing_ids = list(getattr(meta, "thing_dataset_id_to_contiguous_id", {}).values())
         return {
             "backbone": backbone,
             "sem_seg_head": build_sem_seg_head(cfg, shapes),
             "criterion": SetCriterion(cfg),
-            "prior_loss": SemanticPriorLoss(cfg, shapes) if has_priors else None,
+            "prior_loss": build_prior_loss(cfg, shapes),
             "size_divisibility": mf.SIZE_DIVISIBILITY,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,

@@ -5,6 +5,7 @@ under its official name. Written for semask-d2; no code copied. Parameter names 
 official ones, so ``sem_seg_head.pixel_decoder.*`` weights of official checkpoints load as is.
 """
 
+import logging
 import math
 from typing import Dict, List, Tuple
 
@@ -15,6 +16,7 @@ from torch import nn
 
 from detectron2.config import configurable
 from detectron2.layers import Conv2d, ShapeSpec, get_norm
+from detectron2.utils.logger import log_first_n
 
 from .build import PIXEL_DECODER_REGISTRY
 from .deformable_encoder import MultiScaleDeformableTransformer
@@ -142,10 +144,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
             "norm": head.NORM,
             "common_stride": head.COMMON_STRIDE,
             "transformer_enc_layers": head.TRANSFORMER_ENC_LAYERS,
-            # The official code ignores this key and uses MASK_FORMER.NHEADS (8 in its files).
-            "transformer_nheads": head.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS,
-            "transformer_n_points": head.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS,
-            "transformer_dim_feedforward": head.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD,
+            **_official_encoder_attention(cfg),
             "transformer_dropout": cfg.MODEL.MASK_FORMER.DROPOUT,
         }
 
@@ -184,3 +183,50 @@ class MSDeformAttnPixelDecoder(nn.Module):
     def forward(self, features: Dict[str, torch.Tensor]):
         """Same as :meth:`forward_features`."""
         return self.forward_features(features)
+
+
+# Official values of the deformable encoder that the official code does not take from the
+# SEM_SEG_HEAD keys of the same meaning (facebookresearch/Mask2Former
+# `mask2former/modeling/pixel_decoder/msdeformattn.py`, copied by SeMask).
+_OFFICIAL_N_POINTS = 4
+_OFFICIAL_DIM_FEEDFORWARD = 1024
+
+
+def _official_encoder_attention(cfg) -> Dict[str, int]:
+    """
+    Heads, points and FFN width of the deformable encoder, read as the official code reads them:
+    heads from MODEL.MASK_FORMER.NHEADS, 4 points, FFN 1024 unless our own
+    DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD key is set. The official keys
+    DEFORMABLE_TRANSFORMER_ENCODER_{N_HEADS,N_POINTS} are never read there; a value that differs
+    from the one used draws one warning, so that every official config dump builds the official
+    model (and loads its checkpoint) whatever those keys say.
+    """
+    head = cfg.MODEL.SEM_SEG_HEAD
+    ffn = head.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD
+    used = {
+        "transformer_nheads": cfg.MODEL.MASK_FORMER.NHEADS,
+        "transformer_n_points": _OFFICIAL_N_POINTS,
+        "transformer_dim_feedforward": _OFFICIAL_DIM_FEEDFORWARD if ffn is None else ffn,
+    }
+    ignored = {
+        "DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS": (
+            head.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS,
+            used["transformer_nheads"],
+            "MODEL.MASK_FORMER.NHEADS",
+        ),
+        "DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS": (
+            head.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS,
+            _OFFICIAL_N_POINTS,
+            "the official value",
+        ),
+    }
+    for key, (value, actual, source) in ignored.items():
+        if value != actual:
+            log_first_n(
+                logging.WARNING,
+                f"MODEL.SEM_SEG_HEAD.{key} = {value} is not read (as in the official code): "
+                f"MSDeformAttnPixelDecoder uses {actual}, {source}.",
+                n=1,
+                key="message",
+            )
+    return used
