@@ -5,14 +5,14 @@ import importlib.util
 import io
 import json
 import os
-import sys
 import tempfile
 import unittest
 
 import torch
 import torch.nn.functional as F
 
-TOOLS = os.path.join(os.path.dirname(__file__), "..", "tools")
+from script_loader import load_script
+
 TINY_CONFIG = os.path.join(
     os.path.dirname(__file__),
     "..",
@@ -35,24 +35,13 @@ TINY_OPTS = [
 ]  # fmt: skip
 
 
-def load_tool(name):
-    """Imports tools/<name>.py as module `name` (its spawned workers re-import it by name)."""
-    if TOOLS not in sys.path:
-        sys.path.insert(0, TOOLS)
-    spec = importlib.util.spec_from_file_location(name, os.path.join(TOOLS, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def has_transformers():
     return importlib.util.find_spec("transformers") is not None
 
 
 class TestBenchmark(unittest.TestCase):
     def test_main_on_a_tiny_model(self):
-        benchmark = load_tool("benchmark")
+        benchmark = load_script("tools/benchmark.py")
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "rows.json")
             argv = ["--config-file", TINY_CONFIG, "--input-size", "64", "48", "--batch-size", "2"]
@@ -77,7 +66,7 @@ class TestBenchmark(unittest.TestCase):
             self.assertGreater(row["params"], 0)
 
     def test_protocol_is_enforced(self):
-        benchmark = load_tool("benchmark")
+        benchmark = load_script("tools/benchmark.py")
         with self.assertRaises(SystemExit), contextlib.redirect_stderr(io.StringIO()):
             benchmark.parse_args(["--runs", "3"])
         with self.assertRaises(SystemExit), contextlib.redirect_stderr(io.StringIO()):
@@ -89,7 +78,7 @@ class TestComparisonHelpers(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.tool = load_tool("benchmark_vs_transformers")
+        cls.tool = load_script("tools/benchmark_vs_transformers.py")
 
     def test_semantic_postprocess_formula(self):
         # 2 queries, 2 classes + no-object; 1x2 masks upsampled to 2x4.
@@ -145,7 +134,7 @@ class TestComparisonWithTransformers(unittest.TestCase):
     """The in-process comparison on a tiny SeMask model and a tiny transformers Mask2Former."""
 
     def test_runners_share_the_input_and_post_processing(self):
-        tool = load_tool("benchmark_vs_transformers")
+        tool = load_script("tools/benchmark_vs_transformers.py")
         torch.manual_seed(0)
         # Neither the predictor's resize nor its padding to a multiple of 32 changes a 64 x 64
         # input (as with 512 x 512 and the real config), so both paths see the same tensor.

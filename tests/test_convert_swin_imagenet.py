@@ -9,7 +9,6 @@ under its own name, bit for bit, and that Detectron2 loads the result without he
 """
 
 import contextlib
-import importlib.util
 import io
 import os
 import pickle
@@ -25,12 +24,9 @@ from detectron2.checkpoint import DetectionCheckpointer
 
 from semask_d2.modeling.backbone.semask_swin import D2SeMaskSwinTransformer
 
-_TOOL = os.path.join(
-    os.path.dirname(os.path.dirname(__file__)), "tools", "convert_swin_imagenet.py"
-)
-_spec = importlib.util.spec_from_file_location("convert_swin_imagenet", _TOOL)
-tool = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(tool)
+from script_loader import load_script
+
+tool = load_script("tools/convert_swin_imagenet.py")
 
 EMBED, DEPTHS, HEADS, WINDOW = 16, [2, 2, 2, 2], [1, 2, 2, 4], 3
 ARCH = dict(

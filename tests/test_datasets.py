@@ -3,7 +3,6 @@
 import importlib
 import importlib.util
 import os
-import sys
 import unittest
 from unittest import mock
 
@@ -24,8 +23,8 @@ from semask_d2.data.datasets import (
 from semask_d2.data.file_checks import read_label_checked
 
 import catalog_fixtures
+from script_loader import load_script
 
-SCRIPTS = os.path.join(os.path.dirname(__file__), "..", "datasets")
 ADE = ["ade20k_sem_seg_train", "ade20k_sem_seg_val"]
 ADE_FULL = ["ade20k_full_sem_seg_train", "ade20k_full_sem_seg_val"]
 COCO = ["coco_2017_train_stuff_10k_sem_seg", "coco_2017_test_stuff_10k_sem_seg"]
@@ -55,16 +54,6 @@ def label(height=5, width=7, value=1, dtype=np.uint8):
 def loader_of(name):
     """The function registered for `name`, or None (DatasetCatalog.get would call it)."""
     return DatasetCatalog.data.get(name)
-
-
-def load_script(name):
-    """Import datasets/<name>.py (which imports its sibling prepare_utils)."""
-    if SCRIPTS not in sys.path:
-        sys.path.insert(0, SCRIPTS)
-    spec = importlib.util.spec_from_file_location(name, os.path.join(SCRIPTS, name + ".py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 class CatalogTestCase(catalog_fixtures.CatalogTestCase):
@@ -339,7 +328,7 @@ class TestPrepareScripts(CatalogTestCase):
     NAMES = ADE + ADE_FULL + COCO
 
     def test_ade20k_conversion(self):
-        script = load_script("prepare_ade20k_sem_seg")
+        script = load_script("datasets/prepare_ade20k_sem_seg.py")
         raw = np.array([[0, 1, 150, 255]], dtype=np.uint8)
         np.testing.assert_array_equal(script.convert_label(raw), [[255, 0, 149, 254]])
         base = os.path.join(self.root, "ADEChallengeData2016")
@@ -358,7 +347,7 @@ class TestPrepareScripts(CatalogTestCase):
         self.assertIn(os.path.join(self.root, "missing"), str(ctx.exception))
 
     def test_ade20k_full_conversion(self):
-        script = load_script("prepare_ade20k_full_sem_seg")
+        script = load_script("datasets/prepare_ade20k_full_sem_seg.py")
         seg = np.zeros((2, 2, 3), np.uint8)
         seg[0, 0] = (20, 5, 0)  # 2 * 256 + 5 = 517
         seg[0, 1] = (110, 186, 9)  # 11 * 256 + 186 = 3002
@@ -384,7 +373,7 @@ class TestPrepareScripts(CatalogTestCase):
         self.assertEqual(values[0, 1], 65535)
 
     def test_coco_stuff_conversion(self):
-        script = load_script("prepare_coco_stuff_10k_sem_seg")
+        script = load_script("datasets/prepare_coco_stuff_10k_sem_seg.py")
         np.testing.assert_array_equal(
             script.convert_label(np.array([[1, 2, 172]])), [[255, 0, 170]]
         )
@@ -411,7 +400,7 @@ class TestPrepareScripts(CatalogTestCase):
         )
 
     def test_cityscapes_conversion(self):
-        script = load_script("prepare_cityscapes_sem_seg")
+        script = load_script("datasets/prepare_cityscapes_sem_seg.py")
         ids = np.array([[0, 7, 33, 29]], dtype=np.uint8)
         lookup = script.build_lookup()
         np.testing.assert_array_equal(

@@ -5,7 +5,6 @@ size, and works with ``tools/visualize_predictions.py``. The full config runs as
 takes about a second on one CPU thread); only the visualization test uses tiny generated data.
 """
 
-import importlib.util
 import os
 import re
 import unittest
@@ -26,6 +25,7 @@ from semask_d2.data.datasets.synthetic_shapes import SHAPES_CLASSES, render_samp
 from semask_d2.modeling.meta_arch import SeMaskMaskFormer
 
 from catalog_fixtures import CatalogTestCase
+from script_loader import load_script
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "quickstart", "semask_mask2former_shapes.yaml")
@@ -161,10 +161,7 @@ class TestVisualizePredictions(CatalogTestCase):
         register_semask_shapes(self.root, splits=TINY, image_size=48)
         torch.manual_seed(0)
         DetectionCheckpointer(build_model(quickstart_cfg()), save_dir=self.root).save("model_final")
-        path = os.path.join(REPO, "tools", "visualize_predictions.py")
-        spec = importlib.util.spec_from_file_location("visualize_predictions", path)
-        tool = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(tool)
+        tool = load_script("tools/visualize_predictions.py")
         argv = ["--config-file", CONFIG, "--dataset", "semask_shapes_m2ftinyval"]
         written = tool.main(argv + ["--num-images", "2", "--scale", "1", "OUTPUT_DIR", self.root])
         self.assertEqual(written, os.path.join(self.root, "predictions.png"))

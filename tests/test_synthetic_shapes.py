@@ -6,7 +6,6 @@ visualization tool. Tiny variants (a few images of 40-64 px) keep every test und
 
 import filecmp
 import glob
-import importlib.util
 import os
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from semask_d2.data import DatasetError, build_dataset_mapper
 from semask_d2.data.datasets import builtin, register_semask_shapes, synthetic_shapes
 
 import catalog_fixtures
+from script_loader import load_script
 from semask_d2.data.datasets.synthetic_shapes import (
     SHAPES_CLASSES,
     SHAPES_COLORS,
@@ -280,10 +280,7 @@ class TestQuickstart(CatalogTestCase):
         cfg = quickstart_cfg()
         torch.manual_seed(0)
         DetectionCheckpointer(build_model(cfg), save_dir=self.root).save("model_final")
-        path = os.path.join(REPO, "tools", "visualize_predictions.py")
-        spec = importlib.util.spec_from_file_location("visualize_predictions", path)
-        tool = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(tool)
+        tool = load_script("tools/visualize_predictions.py")
         argv = ["--config-file", QUICKSTART, "--dataset", "semask_shapes_tinyval", "--num-images"]
         written = tool.main(argv + ["2", "--scale", "1", "OUTPUT_DIR", self.root])
         self.assertEqual(written, os.path.join(self.root, "predictions.png"))
