@@ -5,7 +5,11 @@ import os
 
 import torch
 
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
 from detectron2.structures import Instances
+
+from semask_d2 import add_semask_config
 
 # Key lists and config dumps of the released official SeMask models (tests/data/README.md).
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
@@ -28,6 +32,16 @@ def official_keys(prefix="", name="semask_swinL_mask2former_ade20k.txt"):
     return keys
 
 
+CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "configs")
+# The SeMask-T configs the tiny test models start from, by meta-architecture family.
+TINY_CONFIGS = {
+    "fpn": "ade20k/semantic-segmentation/semask_fpn/semask_fpn_swin_tiny_bs16_80k.yaml",
+    "mask2former": (
+        "ade20k/semantic-segmentation/semask_mask2former/maskformer2_semask_swin_tiny_bs16_160k.yaml"
+    ),
+}
+
+
 def shrink(cfg):
     """Tiny CPU overrides; the recipe's classes and windowed lists stay."""
     cfg.MODEL.DEVICE = "cpu"
@@ -36,13 +50,15 @@ def shrink(cfg):
     cfg.MODEL.SWIN.NUM_HEADS = [1, 2, 2, 4]
     cfg.MODEL.SWIN.WINDOW_SIZE = 4
     cfg.MODEL.SWIN.SEM_WINDOW_SIZE = 4
+    # No stochastic depth: with 2 images a dropped block could leave a parameter without gradient.
+    cfg.MODEL.SWIN.DROP_PATH_RATE = 0.0
     cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM = 32
     if cfg.MODEL.META_ARCHITECTURE == "SeMaskMaskFormer":
         cfg.MODEL.SEM_SEG_HEAD.MASK_DIM = 32
         cfg.MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS = 1
-        cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS = 2
         cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD = 64
         cfg.MODEL.MASK_FORMER.HIDDEN_DIM = 32
+        # Also the deformable attention's heads, as in the official code.
         cfg.MODEL.MASK_FORMER.NHEADS = 2
         cfg.MODEL.MASK_FORMER.DIM_FEEDFORWARD = 64
         cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES = 6
@@ -52,6 +68,26 @@ def shrink(cfg):
         # The recipes use SyncBN (mmseg); BN keeps the test independent of any process group.
         cfg.MODEL.SEM_SEG_HEAD.NORM = "BN"
     return cfg
+
+
+def tiny_cfg(family="mask2former", num_classes=4):
+    """
+    The shipped SeMask-T config of `family` ("fpn" or "mask2former") shrunk for CPU tests, with
+    `num_classes` classes and no test set.
+    """
+    cfg = get_cfg()
+    add_semask_config(cfg)
+    cfg.merge_from_file(os.path.join(CONFIG_DIR, TINY_CONFIGS[family]))
+    shrink(cfg)
+    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = num_classes
+    cfg.DATASETS.TEST = ()
+    return cfg
+
+
+def tiny_model(cfg, seed=0):
+    """`build_model(cfg)` with weights drawn after `torch.manual_seed(seed)`."""
+    torch.manual_seed(seed)
+    return build_model(cfg)
 
 
 def training_inputs(num_classes, sizes=((64, 64), (45, 71))):

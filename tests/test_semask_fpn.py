@@ -1,18 +1,20 @@
-"""SeMask Semantic-FPN: the head and the SemanticSegmentor-based meta-architecture, on CPU."""
+"""SeMask Semantic-FPN: SeMaskFPNHead (with the prior loss) under detectron2's SemanticSegmentor."""
 
 import unittest
+from collections import Counter
 from unittest import mock
 
+import detectron2.utils.logger
 import torch
 
-from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
-from detectron2.modeling import build_model
+from detectron2.modeling import SemanticSegmentor, build_model
 from detectron2.utils.events import EventStorage
 
-from semask_d2 import add_semask_config
 from semask_d2.modeling.meta_arch import SeMaskFPNHead, SeMaskSemanticSegmentor
 from semask_d2.modeling.semantic_prior import SemanticPriorLoss
+
+from model_fixtures import tiny_cfg, tiny_model
 
 FEATURES = ["res2", "res3", "res4", "res5"]
 K = 5
@@ -31,37 +33,6 @@ def random_features(batch, height, width):
         f: torch.randn(batch, s.channels, height // s.stride, width // s.stride)
         for f, s in SHAPES.items()
     }
-
-
-def tiny_cfg():
-    cfg = get_cfg()
-    add_semask_config(cfg)
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.META_ARCHITECTURE = "SeMaskSemanticSegmentor"
-    cfg.MODEL.BACKBONE.NAME = "D2SeMaskSwinTransformer"
-    cfg.MODEL.SWIN.EMBED_DIM = 16
-    cfg.MODEL.SWIN.DEPTHS = [1, 1, 2, 1]
-    cfg.MODEL.SWIN.NUM_HEADS = [1, 2, 2, 4]
-    cfg.MODEL.SWIN.WINDOW_SIZE = 3
-    cfg.MODEL.SWIN.SEM_WINDOW_SIZE = 3
-    cfg.MODEL.SWIN.SEM_WINDOWED = [True, True, False, False]
-    # No stochastic depth: with 2 images a dropped block could leave a parameter without gradient.
-    cfg.MODEL.SWIN.DROP_PATH_RATE = 0.0
-    cfg.MODEL.SEM_SEG_HEAD.NAME = "SeMaskFPNHead"
-    cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES = FEATURES
-    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = K
-    cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM = 16
-    cfg.MODEL.SEM_SEG_HEAD.NORM = "BN"
-    cfg.MODEL.SEM_SEG_HEAD.COMMON_STRIDE = 4
-    cfg.MODEL.SEMASK.PRIOR_CONVENTION = "mmseg"
-    # Not the default 0.4, so that the test sees the config value reach loss_cate.
-    cfg.MODEL.MASK_FORMER.CATE_WEIGHT = 0.3
-    return cfg
-
-
-def tiny_model(cfg=None):
-    torch.manual_seed(0)
-    return build_model(cfg or tiny_cfg())
 
 
 def batch(sizes=((64, 64), (45, 71))):
@@ -131,7 +102,7 @@ class TestSeMaskFPNHead(unittest.TestCase):
         self.assertEqual({k: list(v.shape) for k, v in state.items()}, expected)
 
     def test_from_config(self):
-        cfg = tiny_cfg()
+        cfg = fpn_cfg()
         cfg.MODEL.SEM_SEG_HEAD.DROPOUT = 0.25
         cfg.MODEL.SEM_SEG_HEAD.NORM = "GN"
         cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM = 32
@@ -143,29 +114,51 @@ class TestSeMaskFPNHead(unittest.TestCase):
         self.assertNotIn("res2.0.bias", head.state_dict())
 
 
-class TestSeMaskSemanticSegmentor(unittest.TestCase):
+def fpn_cfg():
+    return tiny_cfg("fpn", num_classes=K)
+
+
+def fpn_model(cfg=None):
+    return tiny_model(cfg or fpn_cfg())
+
+
+class TestSemanticSegmentorWithSeMaskFPNHead(unittest.TestCase):
     def test_build(self):
-        model = tiny_model()
-        self.assertIsInstance(model, SeMaskSemanticSegmentor)
+        model = fpn_model()
+        self.assertIs(type(model), SemanticSegmentor)
         self.assertIsInstance(model.sem_seg_head, SeMaskFPNHead)
-        self.assertIsInstance(model.prior_loss, SemanticPriorLoss)
-        self.assertEqual(model.prior_loss.convention, "mmseg")
+        self.assertIsInstance(model.sem_seg_head.prior_loss, SemanticPriorLoss)
+        self.assertEqual(model.sem_seg_head.prior_loss.convention, "mmseg")
         # The prior decoder has no state: checkpoints hold only backbone and head keys.
         self.assertEqual(
             {k.split(".")[0] for k in model.state_dict()}, {"backbone", "sem_seg_head"}
         )
 
+    def test_same_losses_as_the_former_meta_architecture(self):
+        # Pinned from SeMaskSemanticSegmentor before SeMaskFPNHead took over loss_cate (same
+        # seeds, same batch); the alias must still build the same model.
+        expected = {"loss_sem_seg": 9.490219116210938, "loss_cate": 0.6510336995124817}
+        for arch in ("SemanticSegmentor", "SeMaskSemanticSegmentor"):
+            cfg = fpn_cfg()
+            cfg.MODEL.META_ARCHITECTURE = arch
+            model = fpn_model(cfg).train()
+            self.assertIsInstance(model, SemanticSegmentor)
+            torch.manual_seed(3)
+            with EventStorage():
+                losses = model(batch())
+            self.assertEqual({k: v.item() for k, v in losses.items()}, expected, arch)
+
     def test_training_losses_odd_sizes(self):
-        cfg = tiny_cfg()
-        model = tiny_model(cfg).train()
+        cfg = fpn_cfg()
+        # Not CATE_WEIGHT: PRIOR_LOSS_WEIGHT wins when set.
+        cfg.MODEL.SEMASK.PRIOR_LOSS_WEIGHT = 0.3
+        model = fpn_model(cfg).train()
         captured = {}
         model.backbone.register_forward_hook(lambda m, i, out: captured.update(out))
         inputs = batch()
         with EventStorage():
             losses = model(inputs)
         self.assertEqual(set(losses), {"loss_sem_seg", "loss_cate"})
-        for value in losses.values():
-            self.assertTrue(torch.isfinite(value))
         # SemanticSegmentor pads 64x64 and 45x71 to 64x96 (multiples of 32), labels with 255.
         labels = torch.full((2, 64, 96), 255, dtype=torch.long)
         for i, x in enumerate(inputs):
@@ -179,8 +172,15 @@ class TestSeMaskSemanticSegmentor(unittest.TestCase):
             loss_weight=1.0,
             convention="mmseg",
         ).train()
-        expected = cfg.MODEL.MASK_FORMER.CATE_WEIGHT * reference(captured, labels)["loss_cate"]
+        expected = 0.3 * reference(captured, labels)["loss_cate"]
         torch.testing.assert_close(losses["loss_cate"], expected)
+
+    def test_prior_loss_weight_defaults_to_cate_weight(self):
+        cfg = fpn_cfg()
+        cfg.MODEL.MASK_FORMER.CATE_WEIGHT = 0.7
+        self.assertEqual(fpn_model(cfg).sem_seg_head.prior_loss.loss_weight, 0.7)
+        cfg.MODEL.SEMASK.PRIOR_LOSS_WEIGHT = 0.0
+        self.assertEqual(fpn_model(cfg).sem_seg_head.prior_loss.loss_weight, 0.0)
 
     def _backward(self, model, inputs):
         model.zero_grad(set_to_none=True)
@@ -188,7 +188,7 @@ class TestSeMaskSemanticSegmentor(unittest.TestCase):
             sum(model(inputs).values()).backward()
 
     def test_every_parameter_gets_a_gradient(self):
-        model = tiny_model().train()
+        model = fpn_model().train()
         inputs = batch()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
         self._backward(model, inputs)
@@ -202,9 +202,9 @@ class TestSeMaskSemanticSegmentor(unittest.TestCase):
             self.assertGreater(p.grad.abs().sum().item(), 0.0, name)
 
     def test_official_init_keeps_every_parameter_in_the_graph(self):
-        cfg = tiny_cfg()
+        cfg = fpn_cfg()
         cfg.MODEL.SWIN.SEM_INIT = "official"
-        model = tiny_model(cfg).train()
+        model = fpn_model(cfg).train()
         self._backward(model, batch())
         for name, p in model.named_parameters():
             self.assertIsNotNone(p.grad, name)
@@ -213,7 +213,7 @@ class TestSeMaskSemanticSegmentor(unittest.TestCase):
                 self.assertTrue(torch.all(p.grad == 0), name)
 
     def test_inference_sizes_and_no_prior_decoding(self):
-        model = tiny_model().eval()
+        model = fpn_model().eval()
         inputs = batch()
         inputs[0].update(height=32, width=48)
         inputs[1].update(height=90, width=142)
@@ -224,30 +224,42 @@ class TestSeMaskSemanticSegmentor(unittest.TestCase):
         ):
             outputs = model(inputs)
             plain = model([{"image": x["image"]} for x in inputs])
-        prior.assert_not_called()
-        decode.assert_not_called()
+        self.assertEqual(prior.call_count, 0)
+        self.assertEqual(decode.call_count, 0)
         self.assertEqual([tuple(o["sem_seg"].shape) for o in outputs], [(K, 32, 48), (K, 90, 142)])
         # Without height/width: the input size, padding cropped away.
         self.assertEqual([tuple(o["sem_seg"].shape) for o in plain], [(K, 64, 64), (K, 45, 71)])
 
     def test_plain_swin_has_no_prior_loss(self):
-        cfg = tiny_cfg()
+        cfg = fpn_cfg()
         cfg.MODEL.SWIN.NUM_SEM_BLOCKS = 0
-        model = tiny_model(cfg).train()
-        self.assertIsNone(model.prior_loss)
+        model = fpn_model(cfg).train()
+        self.assertIsNone(model.sem_seg_head.prior_loss)
         with EventStorage():
             self.assertEqual(set(model(batch())), {"loss_sem_seg"})
 
     def test_unused_backbone_output_is_rejected(self):
-        cfg = tiny_cfg()
+        cfg = fpn_cfg()
         cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES = ["res2", "res3", "res4"]
-        with self.assertRaisesRegex(ValueError, "res5"):
+        with self.assertRaisesRegex(ValueError, r"\['res5'\] are not used by SeMaskFPNHead"):
             build_model(cfg)
 
     def test_training_needs_labels(self):
-        model = tiny_model().train()
-        with EventStorage(), self.assertRaisesRegex(ValueError, "sem_seg"):
+        model = fpn_model().train()
+        with EventStorage(), self.assertRaisesRegex(ValueError, "needs 'sem_seg' labels"):
             model([{"image": torch.zeros(3, 32, 32)}])
+
+    def test_alias_warns_once(self):
+        cfg = fpn_cfg()
+        cfg.MODEL.META_ARCHITECTURE = "SeMaskSemanticSegmentor"
+        # A fresh count of detectron2's log_first_n, whatever other tests logged before.
+        with (
+            mock.patch.object(detectron2.utils.logger, "_LOG_COUNTER", Counter()),
+            self.assertLogs("semask_d2", level="WARNING") as logs,
+        ):
+            for _ in range(2):
+                self.assertIsInstance(build_model(cfg), SeMaskSemanticSegmentor)
+        self.assertEqual(len([line for line in logs.output if "deprecated" in line]), 1)
 
 
 if __name__ == "__main__":
