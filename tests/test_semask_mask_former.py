@@ -3,11 +3,15 @@
 import os
 import tempfile
 import unittest
+from collections import Counter
+from unittest import mock
 
+import detectron2.utils.logger
 import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
+from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
@@ -16,38 +20,27 @@ from semask_d2.modeling.meta_arch import SeMaskMaskFormer
 from semask_d2.modeling.semantic_prior import SemanticPriorLoss
 from semask_d2.modeling.test_time_augmentation import SemanticSegmentorWithTTA
 
-from model_fixtures import DATA_DIR, official_keys, shrink, training_inputs
-
-ROOT = os.path.join(os.path.dirname(__file__), "..")
-TINY_CONFIG = os.path.join(
-    ROOT,
-    "configs/ade20k/semantic-segmentation/semask_mask2former/",
-    "maskformer2_semask_swin_tiny_bs16_160k.yaml",
-)
+from model_fixtures import DATA_DIR, official_keys, tiny_cfg, training_inputs
 
 
-def tiny_cfg(num_classes=4, **mask_former_test):
-    cfg = get_cfg()
-    add_semask_config(cfg)
-    cfg.merge_from_file(TINY_CONFIG)
-    shrink(cfg)
-    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = num_classes
-    cfg.DATASETS.TEST = ()
+def mask2former_cfg(num_classes=4, **mask_former_test):
+    cfg = tiny_cfg("mask2former", num_classes=num_classes)
     for key, value in mask_former_test.items():
         cfg.MODEL.MASK_FORMER.TEST[key] = value
+    return cfg
+
+
+def official_dump(name):
+    cfg = get_cfg()
+    add_semask_config(cfg)
+    cfg.merge_from_file(os.path.join(DATA_DIR, "official_configs", name))
     return cfg
 
 
 class TestOfficialCompatibility(unittest.TestCase):
     def test_official_config_dumps_build_the_official_key_list(self):
         for dataset, params in [("ade20k", 222_632_383), ("cityscapes", 221_843_108)]:
-            cfg = get_cfg()
-            add_semask_config(cfg)
-            cfg.merge_from_file(
-                os.path.join(
-                    DATA_DIR, "official_configs", f"semask_swinL_mask2former_{dataset}.yaml"
-                )
-            )
+            cfg = official_dump(f"semask_swinL_mask2former_{dataset}.yaml")
             # Shapes only: the full SeMask-L model without allocating its weights.
             cfg.MODEL.DEVICE = "meta"
             with torch.device("meta"):
@@ -58,9 +51,42 @@ class TestOfficialCompatibility(unittest.TestCase):
             # 222M, as in the official README's results table.
             self.assertEqual(sum(p.numel() for p in model.parameters()), params)
 
+    def test_deformable_attention_heads_follow_mask_former_nheads(self):
+        # The official code takes these heads from MODEL.MASK_FORMER.NHEADS and hard-codes 4
+        # points; the dump still says DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS: 8.
+        cfg = official_dump("semask_swinL_mask2former_ade20k.yaml")
+        self.assertEqual(cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS, 8)
+        cfg.MODEL.MASK_FORMER.NHEADS = 4
+        # A small backbone keeps the test fast; the head is the official one.
+        cfg.MODEL.SWIN.EMBED_DIM = 16
+        cfg.MODEL.SWIN.DEPTHS = [1, 1, 1, 1]
+        cfg.MODEL.SWIN.NUM_HEADS = [1, 1, 1, 1]
+        cfg.MODEL.DEVICE = "cpu"
+        with (
+            mock.patch.object(detectron2.utils.logger, "_LOG_COUNTER", Counter()),
+            self.assertLogs("semask_d2", level="WARNING") as logs,
+        ):
+            source = build_model(cfg)
+            target = build_model(cfg)
+        warnings = [line for line in logs.output if "N_HEADS = 8 is not read" in line]
+        self.assertEqual(len(warnings), 1, logs.output)
+        attention = source.sem_seg_head.pixel_decoder.transformer.encoder.layers[0].self_attn
+        # 4 heads x 3 levels x 4 points (x 2 offsets), on 256 channels.
+        self.assertEqual(list(attention.sampling_offsets.weight.shape), [96, 256])
+        self.assertEqual(list(attention.attention_weights.weight.shape), [48, 256])
+        ffn = source.sem_seg_head.pixel_decoder.transformer.encoder.layers[0].linear1
+        self.assertEqual(list(ffn.weight.shape), [1024, 256])
+        with tempfile.TemporaryDirectory() as tmp:
+            DetectionCheckpointer(source, save_dir=tmp).save("model_final")
+            loaded = torch.load(os.path.join(tmp, "model_final.pth"), weights_only=True)
+        incompatible = DetectionCheckpointer(target)._load_model(loaded)
+        self.assertEqual((incompatible.missing_keys, incompatible.unexpected_keys), ([], []))
+        for key, value in target.state_dict().items():
+            self.assertTrue(torch.equal(value, source.state_dict()[key]), key)
+
     def test_checkpoint_round_trip_with_module_versions(self):
         torch.manual_seed(0)
-        source = build_model(tiny_cfg())
+        source = build_model(mask2former_cfg())
         state = source.state_dict()
         # As torch.save stores an official state dict: module-version metadata per prefix.
         self.assertEqual(state._metadata["sem_seg_head.predictor"]["version"], 2)
@@ -75,7 +101,7 @@ class TestOfficialCompatibility(unittest.TestCase):
             with tempfile.TemporaryDirectory() as tmp:
                 path = os.path.join(tmp, "model_final.pth")
                 torch.save({"model": checkpoint, "iteration": 10}, path)
-                target = build_model(tiny_cfg())
+                target = build_model(mask2former_cfg())
                 loaded = torch.load(path, weights_only=True)
                 incompatible = DetectionCheckpointer(target)._load_model(loaded)
             self.assertEqual(incompatible.missing_keys, [], name)
@@ -87,7 +113,7 @@ class TestOfficialCompatibility(unittest.TestCase):
 class TestTraining(unittest.TestCase):
     def test_losses_and_prior_loss_value(self):
         torch.manual_seed(0)
-        cfg = tiny_cfg()
+        cfg = mask2former_cfg()
         model = build_model(cfg).train()
         inputs = training_inputs(4, sizes=((64, 64), (45, 71)))
         captured = {}
@@ -107,7 +133,7 @@ class TestTraining(unittest.TestCase):
 
     def test_short_training_run_loss_goes_down(self):
         torch.manual_seed(0)
-        model = build_model(tiny_cfg()).train()
+        model = build_model(mask2former_cfg()).train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
         inputs = training_inputs(4, sizes=((48, 48), (48, 64)))
         totals = []
@@ -122,7 +148,7 @@ class TestTraining(unittest.TestCase):
 
     def test_every_parameter_learns_after_one_step(self):
         torch.manual_seed(0)
-        cfg = tiny_cfg()
+        cfg = mask2former_cfg()
         # Stochastic depth may drop a whole branch for the batch: off for this check.
         cfg.MODEL.SWIN.DROP_PATH_RATE = 0.0
         model = build_model(cfg).train()
@@ -140,7 +166,7 @@ class TestTraining(unittest.TestCase):
 class TestInference(unittest.TestCase):
     def test_odd_sizes_all_outputs(self):
         torch.manual_seed(0)
-        model = build_model(tiny_cfg(PANOPTIC_ON=True, INSTANCE_ON=True)).eval()
+        model = build_model(mask2former_cfg(PANOPTIC_ON=True, INSTANCE_ON=True)).eval()
         inputs = [
             {"image": torch.rand(3, 45, 71) * 255, "height": 90, "width": 142},
             {"image": torch.rand(3, 61, 33) * 255},
@@ -156,16 +182,41 @@ class TestInference(unittest.TestCase):
         self.assertEqual(outputs[1]["instances"].image_size, (61, 33))
 
     def test_no_prior_decoding_at_inference(self):
-        model = build_model(tiny_cfg()).eval()
-        model.prior_loss.decode = None  # would raise if called
-        with torch.no_grad():
+        model = build_model(mask2former_cfg()).eval()
+        with (
+            mock.patch.object(SemanticPriorLoss, "decode") as decode,
+            torch.no_grad(),
+        ):
             model([{"image": torch.rand(3, 40, 40) * 255}])
+        self.assertEqual(decode.call_count, 0)
+        # The same spy counts the decoding in training.
+        with mock.patch.object(
+            SemanticPriorLoss, "decode", wraps=model.prior_loss.decode
+        ) as decode:
+            model.train()
+            with EventStorage():
+                model(training_inputs(4, sizes=((64, 64),)))
+        self.assertEqual(decode.call_count, 1)
+
+    def test_thing_classes_come_from_the_first_training_set(self):
+        # As the official code: panoptic/instance thing ids from DATASETS.TRAIN[0].
+        names = {"semask_test_things_train": {3: 1, 7: 2}, "semask_test_things_val": {5: 0}}
+        try:
+            for name, things in names.items():
+                MetadataCatalog.get(name).thing_dataset_id_to_contiguous_id = things
+            cfg = mask2former_cfg()
+            cfg.DATASETS.TRAIN = ("semask_test_things_train",)
+            cfg.DATASETS.TEST = ("semask_test_things_val",)
+            self.assertEqual(build_model(cfg).thing_ids, [1, 2])
+        finally:
+            for name in names:
+                MetadataCatalog.remove(name)
 
 
 class TestTestTimeAugmentation(unittest.TestCase):
     def test_multi_scale_flip_averages_mask_former_scores(self):
         torch.manual_seed(0)
-        cfg = tiny_cfg()
+        cfg = mask2former_cfg()
         cfg.merge_from_list(
             ["TEST.AUG.MIN_SIZES", [40], "TEST.AUG.MAX_SIZE", 400, "TEST.AUG.FLIP", True]
         )
