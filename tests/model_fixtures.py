@@ -36,9 +36,8 @@ CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "configs")
 # The SeMask-T configs the tiny test models start from, by meta-architecture family.
 TINY_CONFIGS = {
     "fpn": "ade20k/semantic-segmentation/semask_fpn/semask_fpn_swin_tiny_bs16_80k.yaml",
-    "mask2former": (
-        "ade20k/semantic-segmentation/semask_mask2former/maskformer2_semask_swin_tiny_bs16_160k.yaml"
-    ),
+    "mask2former": "ade20k/semantic-segmentation/semask_mask2former/"
+    "maskformer2_semask_swin_tiny_bs16_160k.yaml",
 }
 
 
@@ -81,6 +80,14 @@ def tiny_cfg(family="mask2former", num_classes=4):
     shrink(cfg)
     cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = num_classes
     cfg.DATASETS.TEST = ()
+    return cfg
+
+
+def official_cfg(name="semask_swinL_mask2former_ade20k.yaml"):
+    """A released model's official config dump (``tests/data/official_configs``), merged."""
+    cfg = get_cfg()
+    add_semask_config(cfg)
+    cfg.merge_from_file(os.path.join(DATA_DIR, "official_configs", name))
     return cfg
 
 

@@ -7,11 +7,11 @@ from unittest import mock
 import torch
 from torch import nn
 
-from detectron2.config import get_cfg
 from detectron2.utils import comm
 
-from semask_d2 import add_semask_config
 from semask_d2.modeling.criterion import SetCriterion
+
+from model_fixtures import official_cfg
 
 # Centres of the pixels of a 1 x 4 map: point_sample (align_corners False) reads them exactly.
 PIXEL_CENTRES = torch.tensor([[[0.125, 0.5], [0.375, 0.5], [0.625, 0.5], [0.875, 0.5]]])
@@ -177,8 +177,8 @@ class TestSetCriterion(unittest.TestCase):
         self.assertTrue(torch.equal(padded, expected))
 
     def test_from_config_end_to_end(self):
-        cfg = get_cfg()
-        add_semask_config(cfg)
+        # The Mask2Former recipe of the official SeMask-Mask2Former dump (10 predictions).
+        cfg = official_cfg()
         cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 2
         cfg.MODEL.MASK_FORMER.TRAIN_NUM_POINTS = 16
         model = SetCriterion(cfg)

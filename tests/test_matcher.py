@@ -6,10 +6,10 @@ from unittest import mock
 
 import torch
 
-from detectron2.config import get_cfg
 
-from semask_d2 import add_semask_config
 from semask_d2.modeling.matcher import HungarianMatcher
+
+from model_fixtures import official_cfg
 
 # Centres of the pixels of a 1 x 4 map: point_sample (align_corners False) reads them exactly.
 PIXEL_CENTRES = torch.tensor([[[0.125, 0.5], [0.375, 0.5], [0.625, 0.5], [0.875, 0.5]]])
@@ -111,8 +111,8 @@ class TestHungarianMatcher(unittest.TestCase):
         self.assertEqual(second[0].dtype, torch.int64)
 
     def test_from_config(self):
-        cfg = get_cfg()
-        add_semask_config(cfg)
+        # The Mask2Former recipe of the official SeMask-Mask2Former dump.
+        cfg = official_cfg()
         matcher = HungarianMatcher(cfg)
         self.assertEqual(
             (matcher.cost_class, matcher.cost_mask, matcher.cost_dice, matcher.num_points),

@@ -2,7 +2,10 @@
 
 import math
 import unittest
+from collections import Counter
+from unittest import mock
 
+import detectron2.utils.logger
 import torch
 
 from detectron2.config import get_cfg
@@ -22,18 +25,20 @@ from model_fixtures import official_keys
 STRIDES = {"res2": 4, "res3": 8, "res4": 16, "res5": 32}
 
 
-def make_cfg(conv_dim=32, mask_dim=16, enc_layers=1, ffn=64, heads=2, points=2):
+def make_cfg(conv_dim=32, mask_dim=16, enc_layers=1, ffn=64, heads=2):
     cfg = get_cfg()
     add_semask_config(cfg)
     head = cfg.MODEL.SEM_SEG_HEAD
+    head.PIXEL_DECODER_NAME = "MSDeformAttnPixelDecoder"
     head.IN_FEATURES = ["res2", "res3", "res4", "res5"]
     head.CONVS_DIM = conv_dim
     head.MASK_DIM = mask_dim
     head.NORM = "GN"
     head.TRANSFORMER_ENC_LAYERS = enc_layers
     head.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD = ffn
-    head.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS = points
-    cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS = heads
+    # As in the official code, the deformable attention has MASK_FORMER.NHEADS heads.
+    cfg.MODEL.MASK_FORMER.NHEADS = heads
+    head.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS = heads
     return cfg
 
 
@@ -73,8 +78,30 @@ class TestPixelDecoder(unittest.TestCase):
         self.assertEqual(self.model.in_features, ["res2", "res3", "res4", "res5"])
         self.assertEqual(self.model.transformer_in_features, ["res5", "res4", "res3"])
         attn = self.model.transformer.encoder.layers[0].self_attn
-        self.assertEqual((attn.n_heads, attn.n_levels, attn.n_points), (2, 3, 2))
+        self.assertEqual((attn.n_heads, attn.n_levels, attn.n_points), (2, 3, 4))
         self.assertEqual(self.model.transformer.encoder.layers[0].linear1.out_features, 64)
+
+    def test_official_reading_of_heads_points_and_ffn(self):
+        cfg = make_cfg(heads=4)
+        head = cfg.MODEL.SEM_SEG_HEAD
+        # Official keys the official code never reads, and our FFN key left unset.
+        head.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS = 8
+        head.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS = 2
+        head.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD = None
+        with (
+            mock.patch.object(detectron2.utils.logger, "_LOG_COUNTER", Counter()),
+            self.assertLogs("semask_d2", level="WARNING") as logs,
+        ):
+            for _ in range(2):
+                model = build_pixel_decoder(cfg, self.input_shape)
+        layer = model.transformer.encoder.layers[0]
+        attn = layer.self_attn
+        self.assertEqual((attn.n_heads, attn.n_points, layer.linear1.out_features), (4, 4, 1024))
+        self.assertEqual(list(attn.sampling_offsets.weight.shape), [4 * 3 * 4 * 2, 32])
+        # One warning per ignored key, however many models are built.
+        self.assertEqual(len(logs.output), 2, logs.output)
+        self.assertIn("N_HEADS = 8 is not read", logs.output[0])
+        self.assertIn("N_POINTS = 2 is not read", logs.output[1])
 
     def test_output_shapes_odd_size(self):
         features = make_features(self.input_shape, 45, 71)  # prior maps included, ignored
@@ -124,7 +151,7 @@ class TestPixelDecoder(unittest.TestCase):
 class TestOfficialStateDict(unittest.TestCase):
     def test_keys_and_shapes_match_official_swin_l(self):
         expected = list(official_keys("sem_seg_head.pixel_decoder.").items())
-        cfg = make_cfg(conv_dim=256, mask_dim=256, enc_layers=6, ffn=1024, heads=8, points=4)
+        cfg = make_cfg(conv_dim=256, mask_dim=256, enc_layers=6, ffn=None, heads=8)
         with torch.device("meta"):  # no memory, no init cost
             model = build_pixel_decoder(cfg, make_input_shape([192, 384, 768, 1536]))
         ours = [(k, list(v.shape)) for k, v in model.state_dict().items()]

@@ -14,7 +14,7 @@ from semask_d2.modeling.transformer_decoder import (
     build_transformer_decoder,
 )
 
-from model_fixtures import official_keys
+from model_fixtures import official_cfg, official_keys
 
 
 def tiny_decoder(**kwargs):
@@ -92,9 +92,7 @@ class TestMultiScaleMaskedTransformerDecoder(unittest.TestCase):
         self.assertEqual(len(model(x, mask_features)["aux_outputs"]), 3)
 
     def test_official_keys(self):
-        cfg = get_cfg()
-        add_semask_config(cfg)
-        cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 150
+        cfg = official_cfg()
         with torch.device("meta"):
             model = build_transformer_decoder(cfg, in_channels=256)
         ours = {k: list(v.shape) for k, v in model.state_dict().items()}
