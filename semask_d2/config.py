@@ -231,3 +231,6 @@ def _add_test_config(cfg: CN) -> None:
     # scores before averaging. True for models returning logits (SemanticSegmentor, SeMask-FPN);
     # False for models returning probabilities (MaskFormer/Mask2Former semantic inference).
     cfg.TEST.AUG.SOFTMAX = True
+    # New. Log a per-class IoU/ACC table after each semantic evaluation; the summary CSV lines
+    # are always printed.
+    cfg.TEST.PRINT_PER_CLASS = False

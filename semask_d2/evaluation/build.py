@@ -1,9 +1,10 @@
 """
 Evaluator selection by the ``evaluator_type`` metadata of a dataset.
 
-"sem_seg" uses detectron2's ``SemSegEvaluator``. "cityscapes_sem_seg" also uses it, on the
-trainId labels the loader reads (the class IoU is defined as in the official script), unless
-TEST.OFFICIAL_CITYSCAPES_EVAL asks for detectron2's ``CityscapesSemSegEvaluator``, which
+"sem_seg" uses :class:`SeMaskSemSegEvaluator`: detectron2's ``SemSegEvaluator`` with labels
+checked as in training, compact logs and a JSON results file. "cityscapes_sem_seg" also uses
+it, on the trainId labels the loader reads (the class IoU is defined as in the official script),
+unless TEST.OFFICIAL_CITYSCAPES_EVAL asks for detectron2's ``CityscapesSemSegEvaluator``, which
 re-scores labelIds with cityscapesscripts and is checked for here so that it fails early and
 clearly. Unlike Mask2Former, nothing requires CUDA.
 """
@@ -15,15 +16,21 @@ from typing import Callable, Dict, Optional
 
 from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
-from detectron2.evaluation import CityscapesSemSegEvaluator, DatasetEvaluator, SemSegEvaluator
+from detectron2.evaluation import CityscapesSemSegEvaluator, DatasetEvaluator
 
 from ..data.errors import DatasetError
+from .sem_seg_evaluation import SeMaskSemSegEvaluator
 
 __all__ = ["EVALUATOR_BUILDERS", "build_evaluator"]
 
 
 def _sem_seg(cfg: CfgNode, dataset_name: str, output_dir: Optional[str]) -> DatasetEvaluator:
-    return SemSegEvaluator(dataset_name, distributed=True, output_dir=output_dir)
+    return SeMaskSemSegEvaluator(
+        dataset_name,
+        distributed=True,
+        output_dir=output_dir,
+        print_per_class=cfg.TEST.PRINT_PER_CLASS,
+    )
 
 
 def _cityscapes_sem_seg(
@@ -62,7 +69,7 @@ def build_evaluator(
     Build the evaluator for `dataset_name` from its ``evaluator_type`` metadata.
 
     Args:
-        cfg (CfgNode): the config (reads TEST.OFFICIAL_CITYSCAPES_EVAL).
+        cfg (CfgNode): the config (reads TEST.OFFICIAL_CITYSCAPES_EVAL and TEST.PRINT_PER_CLASS).
         dataset_name (str): a registered dataset.
         output_dir (str or None): where evaluators write predictions and results.
 
@@ -73,6 +80,7 @@ def build_evaluator(
         NotImplementedError: for an evaluator type without a builder; ``DefaultTrainer.test``
             then skips the dataset with a warning, as detectron2 does.
         DatasetError: when the official Cityscapes evaluation is asked for but cannot run.
+            The semantic evaluators raise it later, while evaluating, for a bad label file.
     """
     evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
     if evaluator_type not in EVALUATOR_BUILDERS:
