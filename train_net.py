@@ -6,16 +6,19 @@ Examples (CONFIG: a file under configs/, e.g. .../semask_fpn/semask_fpn_swin_tin
     python train_net.py --num-gpus 8 --config-file CONFIG
     python train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS model_final.pth
     python train_net.py --config-file CONFIG --resume   # from OUTPUT_DIR/last_checkpoint
-    python train_net.py --num-gpus 2 --config-file CONFIG MODEL.DEVICE cpu   # 2 CPU processes
+    python train_net.py --num-gpus 2 --config-file CONFIG   # 2 CPU processes without CUDA
 
-``--num-gpus`` is the number of processes per machine. Bad input (missing dataset files, an
-unknown config key, ...) ends the run with a non-zero status and a one-line message.
+``--num-gpus`` is the number of processes per machine. Without CUDA the run moves to the CPU
+(SyncBN becomes naiveSyncBN, one torch thread per core and process). Bad input (missing dataset
+files or weights, an unknown config key, weights of another model, a diverging loss, ...) ends
+the run with exit status 1 and a one-line ``error: ...``.
 """
 
 import os
 import sys
 
-from detectron2.checkpoint import DetectionCheckpointer
+import torch
+
 from detectron2.config import get_cfg
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import default_argument_parser, default_setup, hooks, launch
@@ -26,7 +29,14 @@ from detectron2.utils.logger import setup_logger
 # Importing semask_d2 registers its models and datasets, also in the spawned DDP processes.
 from semask_d2 import add_semask_config
 from semask_d2.data import build_dataset_mapper
-from semask_d2.engine import DefaultTrainer, merge_config, user_error_message
+from semask_d2.engine import (
+    DefaultTrainer,
+    build_checkpointer,
+    cut_long_console_lines,
+    fit_config_to_machine,
+    merge_config,
+    user_error_message,
+)
 from semask_d2.evaluation import build_evaluator
 from semask_d2.solver import build_lr_scheduler, build_optimizer
 
@@ -64,10 +74,23 @@ def setup(args):
     cfg = get_cfg()
     add_semask_config(cfg)
     merge_config(cfg, args.config_file, args.opts)
+    warnings = fit_config_to_machine(cfg, args.num_gpus, args.opts)
     cfg.freeze()
+    # Exactly default_setup's (cached) call, so that its own long lines are cut too.
+    cut_long_console_lines(setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank()))
     default_setup(cfg, args)
     # default_setup configures detectron2's and fvcore's loggers only.
-    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="semask_d2")
+    logger = setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="semask_d2")
+    cut_long_console_lines(logger)
+    for message in warnings:
+        logger.warning(message)
+    if cfg.MODEL.DEVICE == "cpu":
+        logger.info(
+            "CPU process %d: %d torch thread(s), %d data-loader worker(s)",
+            comm.get_rank(),
+            torch.get_num_threads(),
+            cfg.DATALOADER.NUM_WORKERS,
+        )
     return cfg
 
 
@@ -75,7 +98,7 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        build_checkpointer(cfg, model, cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         res = Trainer.test(cfg, model)

@@ -29,7 +29,7 @@ from detectron2.utils.visualizer import ColorMode
 
 from predictor import SeMaskPredictor, build_metadata, draw_prior_maps, draw_sem_seg
 from semask_d2 import add_semask_config
-from semask_d2.engine import ConfigError, merge_config
+from semask_d2.engine import ConfigError, WeightsError, merge_config
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # Written when the video does not report its frame rate.
@@ -81,10 +81,6 @@ def setup_cfg(args: argparse.Namespace) -> CfgNode:
         merge_config(cfg, args.config_file, args.opts)
     except ConfigError as e:
         raise DemoError(str(e)) from e
-    weights = cfg.MODEL.WEIGHTS
-    # Remote and catalog paths ("https://", "detectron2://") are left to the checkpointer.
-    if weights and "://" not in weights and not os.path.isfile(weights):
-        raise DemoError(f"MODEL.WEIGHTS not found: {weights} (set it with --opts MODEL.WEIGHTS)")
     if "MODEL.DEVICE" not in args.opts[::2]:
         cfg.MODEL.DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
     cfg.freeze()
@@ -168,7 +164,10 @@ class Demo:
     """The predictor with what is needed to draw its results."""
 
     def __init__(self, cfg: CfgNode, prior_maps: bool):
-        self.predictor = SeMaskPredictor(cfg)
+        try:
+            self.predictor = SeMaskPredictor(cfg)
+        except WeightsError as e:
+            raise DemoError(str(e)) from e
         self.metadata = build_metadata(cfg)
         if prior_maps and not self.predictor.prior_strides:
             raise DemoError("--prior-maps: this backbone has no prior maps (NUM_SEM_BLOCKS 0)")

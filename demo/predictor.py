@@ -13,9 +13,11 @@ from detectron2.config import CfgNode
 from detectron2.data import Metadata, MetadataCatalog
 from detectron2.data.transforms import ResizeShortestEdge
 from detectron2.engine import DefaultPredictor
+from detectron2.modeling import build_model
 from detectron2.utils.colormap import colormap
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
+from semask_d2.engine import build_checkpointer
 from semask_d2.modeling.semantic_prior import prior_features, stage_of_prior
 
 __all__ = [
@@ -44,8 +46,19 @@ class SeMaskPredictor(DefaultPredictor):
         """
         Args:
             cfg (CfgNode): a full SeMask config (``add_semask_config`` applied).
+
+        Raises:
+            WeightsError: MODEL.WEIGHTS is missing, unreadable or does not fit the model.
         """
-        super().__init__(cfg)
+        # DefaultPredictor's set-up, with semask-d2's strict checkpointer in place of
+        # detectron2's, which would load weights of another model with warnings only.
+        self.cfg = cfg.clone()
+        self.model = build_model(self.cfg).eval()
+        build_checkpointer(cfg, self.model).load(cfg.MODEL.WEIGHTS)
+        self.aug = ResizeShortestEdge(
+            [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST
+        )
+        self.input_format = cfg.INPUT.FORMAT
         # res2_prior..res5_prior, finest stride first.
         self.prior_strides = {
             name: shape.stride

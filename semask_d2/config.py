@@ -17,6 +17,7 @@ def add_semask_config(cfg: CN) -> None:
     (`SOLVER.POLY_LR_POWER`, `INPUT.CROP.SINGLE_CATEGORY_MAX_AREA`, ...), which we reuse.
     """
     add_deeplab_config(cfg)
+    _add_weights_config(cfg)
     _add_swin_config(cfg)
     _add_prior_config(cfg)
     _add_fpn_head_config(cfg)
@@ -24,6 +25,14 @@ def add_semask_config(cfg: CN) -> None:
     _add_input_config(cfg)
     _add_solver_config(cfg)
     _add_test_config(cfg)
+
+
+def _add_weights_config(cfg: CN) -> None:
+    # New. Load MODEL.WEIGHTS even when it does not fit the model (missing, unexpected or
+    # wrongly shaped keys are skipped with detectron2's warnings), e.g. to fine-tune from another
+    # dataset's classes. False: such a checkpoint stops the run with one line; only a backbone
+    # checkpoint may lack the head, the semantic layers and the output norms.
+    cfg.MODEL.WEIGHTS_PARTIAL = False
 
 
 def _add_swin_config(cfg: CN) -> None:

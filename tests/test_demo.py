@@ -207,6 +207,9 @@ class TestDemo(unittest.TestCase):
         for name in ("broken.png", "broken.mp4", "odd.png"):
             with open(os.path.join(garbage, name), "w") as f:
                 f.write("not an image or a video\n")
+        random_weights = os.path.join(garbage, "random.pth")
+        with open(random_weights, "wb") as f:
+            f.write(np.random.RandomState(0).bytes(4096))
         out = self.output_dir("bad")
         config_out = self.base_args(out)
         cases = {
@@ -219,8 +222,19 @@ class TestDemo(unittest.TestCase):
             "cannot create the output folder": ["--input", self.images, "--output", self.config],
             "this backbone has no prior maps": ["--input", self.images, "--prior-maps"]
             + self.opts
-            + ["MODEL.SWIN.NUM_SEM_BLOCKS", "0"],
-            "MODEL.WEIGHTS not found": ["--input", self.images] + self.opts[:2] + ["nope.pth"],
+            + ["MODEL.SWIN.NUM_SEM_BLOCKS", "0", "MODEL.WEIGHTS", ""],
+            "MODEL.WEIGHTS nope.pth not found": ["--input", self.images]
+            + self.opts[:2]
+            + ["nope.pth"],
+            f"MODEL.WEIGHTS {random_weights} is not a readable checkpoint": [
+                "--input",
+                self.images,
+            ]
+            + self.opts[:2]
+            + [random_weights],
+            "does not fit the model: .* missing key": ["--input", self.images]
+            + self.opts
+            + ["MODEL.SWIN.DEPTHS", "[1, 1, 3, 1]"],
             "would write the same files": [
                 "--input",
                 self.images,

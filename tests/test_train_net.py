@@ -31,7 +31,12 @@ from detectron2.utils.env import seed_all_rng
 from semask_d2 import add_semask_config
 from semask_d2.data import DatasetError, register_sem_seg_dataset
 from semask_d2.data.datasets import unregister
-from semask_d2.engine import AtomicDetectionCheckpointer, ConfigError, user_error_message
+from semask_d2.engine import (
+    AtomicDetectionCheckpointer,
+    ConfigError,
+    cpu_threads_per_process,
+    user_error_message,
+)
 from semask_d2.engine.user_errors import hide_user_error_tracebacks
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -103,15 +108,22 @@ def read_metrics(output_dir):
         return [json.loads(line) for line in f if line.strip()]
 
 
-def run_train_net(args, datasets_root, **popen_kwargs):
-    """Start train_net.py in a child process with the test environment."""
-    env = dict(os.environ, DETECTRON2_DATASETS=datasets_root, OMP_NUM_THREADS="1")
+def run_train_net(args, datasets_root, threads="1", **popen_kwargs):
+    """
+    Start train_net.py in a child process with the test environment: OMP_NUM_THREADS=`threads`,
+    or unset (train_net.py's own choice) when `threads` is None.
+    """
+    env = dict(os.environ, DETECTRON2_DATASETS=datasets_root, OMP_NUM_THREADS=threads or "")
+    if threads is None:
+        del env["OMP_NUM_THREADS"]
     cmd = [sys.executable, os.path.join(REPO, "train_net.py")] + args
     return subprocess.Popen(cmd, cwd=REPO, env=env, text=True, **popen_kwargs)
 
 
-def run_to_end(args, datasets_root):
-    proc = run_train_net(args, datasets_root, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+def run_to_end(args, datasets_root, threads="1"):
+    proc = run_train_net(
+        args, datasets_root, threads, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     try:
         out, err = proc.communicate(timeout=SUBPROCESS_TIMEOUT)
     except subprocess.TimeoutExpired:
@@ -194,17 +206,24 @@ class TestTrainNetSubprocess(unittest.TestCase):
         self.tmp.cleanup()
 
     def test_two_process_cpu_ddp(self):
+        # As a user on a CPU machine runs a shipped recipe: device cuda, SyncBN, 4 loader
+        # workers, no thread settings.
         args = ["--num-gpus", "2", "--dist-url", "auto", "--config-file", self.config]
-        args += ["MODEL.DEVICE", "cpu", "SOLVER.MAX_ITER", "6", "OUTPUT_DIR", self.output]
-        rc, out, err = run_to_end(args, self.datasets)
+        args += ["MODEL.DEVICE", "cuda", "MODEL.SEM_SEG_HEAD.NORM", "SyncBN"]
+        args += ["DATALOADER.NUM_WORKERS", "4", "SOLVER.MAX_ITER", "6", "OUTPUT_DIR", self.output]
+        rc, out, err = run_to_end(args, self.datasets, threads=None)
         self.assertEqual(rc, 0, err[-3000:])
         self.assertTrue(any("sem_seg/mIoU" in m for m in read_metrics(self.output)))
+        threads = cpu_threads_per_process(2)
         # Each rank logs its rank and the world size, then trains (rank 1 to its own file).
         for rank, log in ((0, "log.txt"), (1, "log.txt.rank1")):
             with open(os.path.join(self.output, log)) as f:
                 text = f.read()
             self.assertIn(f"Rank of current process: {rank}. World size: 2", text)
             self.assertIn("Starting training from iteration 0", text)
+            # The loader workers come from the command line: the user's choice stands.
+            self.assertIn(f"CPU process {rank}: {threads} torch thread(s), 4 data-loader", text)
+            self.assertIn("naiveSyncBN", text)
 
     def test_kill_and_resume(self):
         period = 4

@@ -5,7 +5,8 @@ Stock ``DefaultTrainer`` cannot train several CPU processes (gloo): ``create_ddp
 ``device_ids``, which ``DistributedDataParallel`` rejects for CPU modules, and
 ``SOLVER.AMP.ENABLED`` selects ``AMPTrainer``, which asserts CUDA. Both choices are made inside
 ``DefaultTrainer.__init__``, which is therefore redone here with device checks; the checkpointer
-is :class:`AtomicDetectionCheckpointer`. Everything else is inherited.
+is :class:`StrictCheckpointer`, and a non-finite loss ends training with a one-line
+:class:`NonFiniteLossError` and no checkpoint of the broken weights. Everything else is inherited.
 """
 
 import logging
@@ -15,15 +16,15 @@ from collections import OrderedDict
 
 from torch import nn
 
-from detectron2.engine import AMPTrainer, SimpleTrainer, TrainerBase
+from detectron2.engine import AMPTrainer, SimpleTrainer, TrainerBase, hooks
 from detectron2.engine import DefaultTrainer as _D2DefaultTrainer
 from detectron2.engine import create_ddp_model as _d2_create_ddp_model
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..modeling.test_time_augmentation import SemanticSegmentorWithTTA
-from .checkpoint import AtomicDetectionCheckpointer
-from .user_errors import hide_user_error_tracebacks
+from .user_errors import NonFiniteLossError, hide_user_error_tracebacks
+from .weights import build_checkpointer
 
 __all__ = ["DefaultTrainer", "create_ddp_model"]
 
@@ -78,13 +79,31 @@ class DefaultTrainer(_D2DefaultTrainer):
         model = create_ddp_model(model, broadcast_buffers=False)
         self._trainer = (AMPTrainer if use_amp else SimpleTrainer)(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = AtomicDetectionCheckpointer(
-            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        self.checkpointer = build_checkpointer(
+            cfg, model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
         )
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    def run_step(self):
+        try:
+            super().run_step()
+        except FloatingPointError:
+            # detectron2's check of the reduced losses (main process). The final checkpoint and
+            # evaluation hooks would otherwise run on the broken weights in after_train().
+            self._hooks = [
+                h
+                for h in self._hooks
+                if not isinstance(h, (hooks.PeriodicCheckpointer, hooks.EvalHook))
+            ]
+            raise NonFiniteLossError(
+                f"the loss became NaN or infinite at iteration {self.iter}; no checkpoint was "
+                "written for it. Fix: lower SOLVER.BASE_LR or lengthen SOLVER.WARMUP_ITERS, "
+                "enable SOLVER.CLIP_GRADIENTS, disable SOLVER.AMP.ENABLED, or check the labels "
+                "(values above NUM_CLASSES, IGNORE_VALUE)."
+            ) from None
 
     @classmethod
     def test_with_TTA(cls, cfg, model):

@@ -17,16 +17,27 @@ from torch.multiprocessing import ProcessRaisedException
 from detectron2.config import CfgNode
 
 from ..data.errors import DatasetError
+from .weights import WeightsError
 
-__all__ = ["ConfigError", "USER_ERRORS", "merge_config", "user_error_message"]
+__all__ = [
+    "ConfigError",
+    "NonFiniteLossError",
+    "USER_ERRORS",
+    "merge_config",
+    "user_error_message",
+]
 
 
 class ConfigError(ValueError):
     """A config file or command-line override that cannot be merged; one-line message."""
 
 
+class NonFiniteLossError(FloatingPointError):
+    """Training diverged: the loss became NaN or infinite; one-line message."""
+
+
 # Exception types whose message is meant for the user as it is.
-USER_ERRORS = (ConfigError, DatasetError)
+USER_ERRORS = (ConfigError, DatasetError, WeightsError, NonFiniteLossError)
 _LAST_LINE = re.compile(r"^(?:[\w.]+\.)?(?:%s): (.*)$" % "|".join(e.__name__ for e in USER_ERRORS))
 
 
