@@ -194,7 +194,9 @@ class TestTrainInProcess(unittest.TestCase):
         self.assertTrue(0.0 <= results["sem_seg_TTA"]["mIoU"] <= 100.0, results)
 
 
-class TestTrainNetSubprocess(unittest.TestCase):
+class TrainNetRunCase(unittest.TestCase):
+    """A temporary folder with a tiny ADE20K-like dataset, the tiny config and an output folder."""
+
     def setUp(self):
         self.tmp = tempfile.TemporaryDirectory()
         self.datasets = os.path.join(self.tmp.name, "datasets")
@@ -204,6 +206,9 @@ class TestTrainNetSubprocess(unittest.TestCase):
 
     def tearDown(self):
         self.tmp.cleanup()
+
+
+class TestTrainNetSubprocess(TrainNetRunCase):
 
     def test_two_process_cpu_ddp(self):
         # As a user on a CPU machine runs a shipped recipe: device cuda, SyncBN, 4 loader

@@ -31,6 +31,7 @@ from semask_d2.engine import (
 from model_fixtures import tiny_cfg
 from test_train_net import (
     FPN_T,
+    TrainNetRunCase,
     read_metrics,
     run_to_end,
     train_net,
@@ -51,18 +52,8 @@ def one_line_error(test, rc, out, err):
     return last
 
 
-class TestFirstMinute(unittest.TestCase):
+class TestFirstMinute(TrainNetRunCase):
     """One subprocess run per row of the user catalogue."""
-
-    def setUp(self):
-        self.tmp = tempfile.TemporaryDirectory()
-        self.datasets = os.path.join(self.tmp.name, "datasets")
-        write_ade20k_like(self.datasets)
-        self.config = write_tiny_config(self.tmp.name)
-        self.output = os.path.join(self.tmp.name, "output")
-
-    def tearDown(self):
-        self.tmp.cleanup()
 
     def path(self, name):
         return os.path.join(self.tmp.name, name)
