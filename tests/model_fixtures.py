@@ -2,8 +2,10 @@
 official state-dict key lists of ``tests/data/official_keys`` (see ``tests/data/README.md``)."""
 
 import os
+from typing import Dict, List, Optional
 
 import torch
+import yaml
 
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
@@ -41,31 +43,80 @@ TINY_CONFIGS = {
 }
 
 
-def shrink(cfg):
-    """Tiny CPU overrides; the recipe's classes and windowed lists stay."""
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.SWIN.EMBED_DIM = 16
-    cfg.MODEL.SWIN.DEPTHS = [1, 1, 2, 1]
-    cfg.MODEL.SWIN.NUM_HEADS = [1, 2, 2, 4]
-    cfg.MODEL.SWIN.WINDOW_SIZE = 4
-    cfg.MODEL.SWIN.SEM_WINDOW_SIZE = 4
-    # No stochastic depth: with 2 images a dropped block could leave a parameter without gradient.
-    cfg.MODEL.SWIN.DROP_PATH_RATE = 0.0
-    cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM = 32
-    if cfg.MODEL.META_ARCHITECTURE == "SeMaskMaskFormer":
-        cfg.MODEL.SEM_SEG_HEAD.MASK_DIM = 32
-        cfg.MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS = 1
-        cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD = 64
-        cfg.MODEL.MASK_FORMER.HIDDEN_DIM = 32
-        # Also the deformable attention's heads, as in the official code.
-        cfg.MODEL.MASK_FORMER.NHEADS = 2
-        cfg.MODEL.MASK_FORMER.DIM_FEEDFORWARD = 64
-        cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES = 6
-        cfg.MODEL.MASK_FORMER.DEC_LAYERS = 3
-        cfg.MODEL.MASK_FORMER.TRAIN_NUM_POINTS = 64
+def tiny_overrides(meta_architecture: str) -> Dict[str, object]:
+    """
+    The config keys (dotted) and values that shrink a shipped SeMask config of
+    `meta_architecture` to a tiny CPU model; the recipe's classes and windowed lists stay.
+    """
+    overrides = {
+        "MODEL.DEVICE": "cpu",
+        "MODEL.SWIN.EMBED_DIM": 16,
+        "MODEL.SWIN.DEPTHS": [1, 1, 2, 1],
+        "MODEL.SWIN.NUM_HEADS": [1, 2, 2, 4],
+        "MODEL.SWIN.WINDOW_SIZE": 4,
+        "MODEL.SWIN.SEM_WINDOW_SIZE": 4,
+        # No stochastic depth: with 2 images a dropped block could leave a parameter unused.
+        "MODEL.SWIN.DROP_PATH_RATE": 0.0,
+        "MODEL.SEM_SEG_HEAD.CONVS_DIM": 32,
+    }
+    if meta_architecture == "SeMaskMaskFormer":
+        overrides.update(
+            {
+                "MODEL.SEM_SEG_HEAD.MASK_DIM": 32,
+                "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS": 1,
+                "MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD": 64,
+                "MODEL.MASK_FORMER.HIDDEN_DIM": 32,
+                # Also the deformable attention's heads, as in the official code.
+                "MODEL.MASK_FORMER.NHEADS": 2,
+                "MODEL.MASK_FORMER.DIM_FEEDFORWARD": 64,
+                "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES": 6,
+                "MODEL.MASK_FORMER.DEC_LAYERS": 3,
+                "MODEL.MASK_FORMER.TRAIN_NUM_POINTS": 64,
+            }
+        )
     else:
         # The recipes use SyncBN (mmseg); BN keeps the test independent of any process group.
-        cfg.MODEL.SEM_SEG_HEAD.NORM = "BN"
+        overrides["MODEL.SEM_SEG_HEAD.NORM"] = "BN"
+    return overrides
+
+
+def tiny_opts(meta_architecture: str) -> List[str]:
+    """:func:`tiny_overrides` as command-line ``KEY VALUE`` strings."""
+    return [str(x) for item in tiny_overrides(meta_architecture).items() for x in item]
+
+
+def write_tiny_config(path: str, base: str, extra: Optional[Dict] = None) -> str:
+    """
+    Write a YAML file at `path`: `base` (a shipped config) shrunk by :func:`tiny_overrides`,
+    then the nested `extra` keys. Returns `path`.
+    """
+    cfg = get_cfg()
+    add_semask_config(cfg)
+    cfg.merge_from_file(base)
+    tree = {}
+    for key, value in tiny_overrides(cfg.MODEL.META_ARCHITECTURE).items():
+        *parents, leaf = key.split(".")
+        node = tree
+        for name in parents:
+            node = node.setdefault(name, {})
+        node[leaf] = value
+    _merge_nested(tree, extra or {})
+    with open(path, "w") as f:
+        yaml.safe_dump({"_BASE_": base, **tree}, f)
+    return path
+
+
+def _merge_nested(into: Dict, extra: Dict) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge_nested(into[key], value)
+        else:
+            into[key] = value
+
+
+def shrink(cfg):
+    """Apply :func:`tiny_overrides` to `cfg` in place; returns it."""
+    cfg.merge_from_list(tiny_opts(cfg.MODEL.META_ARCHITECTURE))
     return cfg
 
 

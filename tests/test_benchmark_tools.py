@@ -11,6 +11,7 @@ import unittest
 import torch
 import torch.nn.functional as F
 
+from model_fixtures import tiny_opts
 from script_loader import load_script
 
 TINY_CONFIG = os.path.join(
@@ -19,19 +20,9 @@ TINY_CONFIG = os.path.join(
     "configs/ade20k/semantic-segmentation/semask_mask2former/"
     "maskformer2_semask_swin_tiny_bs16_160k.yaml",
 )
-# Tiny overrides of the SeMask-T Mask2Former config (as model_fixtures.shrink, as KEY VALUE).
-TINY_OPTS = [
-    "MODEL.SWIN.EMBED_DIM", "16", "MODEL.SWIN.DEPTHS", "[1, 1, 2, 1]",
-    "MODEL.SWIN.NUM_HEADS", "[1, 2, 2, 4]", "MODEL.SWIN.WINDOW_SIZE", "4",
-    "MODEL.SWIN.SEM_WINDOW_SIZE", "4", "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "5",
-    "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32", "MODEL.SEM_SEG_HEAD.MASK_DIM", "32",
-    "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS", "1",
-    "MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS", "2",
-    "MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD", "64",
-    "MODEL.MASK_FORMER.HIDDEN_DIM", "32", "MODEL.MASK_FORMER.NHEADS", "2",
-    "MODEL.MASK_FORMER.DIM_FEEDFORWARD", "64", "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", "6",
-    "MODEL.MASK_FORMER.DEC_LAYERS", "3", "MODEL.MASK_FORMER.TRAIN_NUM_POINTS", "64",
-    "DATASETS.TEST", "()",
+# The tiny model of the tests, 5 classes, no test set.
+TINY_OPTS = tiny_opts("SeMaskMaskFormer") + [
+    "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "5", "DATASETS.TEST", "()",
 ]  # fmt: skip
 
 

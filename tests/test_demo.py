@@ -20,7 +20,7 @@ from detectron2.modeling import build_model
 
 from semask_d2 import add_semask_config
 
-from model_fixtures import shrink
+from model_fixtures import shrink, write_tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_DIR = os.path.join(REPO, "demo")
@@ -37,16 +37,12 @@ M2F_T = os.path.join(
     "maskformer2_semask_swin_tiny_bs16_160k.yaml",
 )
 NUM_CLASSES = 5
-TINY_YAML = f"""
-_BASE_: {FPN_T}
-MODEL:
-  WEIGHTS: ""
-  SWIN: {{EMBED_DIM: 16, DEPTHS: [1, 1, 2, 1], NUM_HEADS: [1, 2, 2, 4], WINDOW_SIZE: 4,
-          SEM_WINDOW_SIZE: 4}}
-  SEM_SEG_HEAD: {{CONVS_DIM: 32, NORM: "GN", NUM_CLASSES: {NUM_CLASSES}}}
-INPUT: {{MIN_SIZE_TEST: 64, MAX_SIZE_TEST: 128}}
-DATASETS: {{TEST: ()}}
-"""
+# The tiny model of the tests, NUM_CLASSES classes, small test images, no test set.
+TINY_DEMO = {
+    "MODEL": {"WEIGHTS": "", "SEM_SEG_HEAD": {"NUM_CLASSES": NUM_CLASSES}},
+    "INPUT": {"MIN_SIZE_TEST": 64, "MAX_SIZE_TEST": 128},
+    "DATASETS": {"TEST": []},
+}
 STAGES = ["res2", "res3", "res4", "res5"]
 # (H, W): an odd size, a grayscale image, and one whose test resize is capped by MAX_SIZE_TEST.
 IMAGE_SIZES = {"odd.jpg": (37, 53), "gray.png": (48, 64), "wide.png": (40, 96)}
@@ -107,13 +103,11 @@ class TestDemo(unittest.TestCase):
         cls.tmp = tempfile.TemporaryDirectory()
         root = cls.tmp.name
         cls.images, cls.video = write_inputs(root)
-        cls.config = os.path.join(root, "tiny.yaml")
-        with open(cls.config, "w") as f:
-            f.write(TINY_YAML)
+        cls.config = write_tiny_config(os.path.join(root, "tiny.yaml"), FPN_T, TINY_DEMO)
         cls.weights = os.path.join(root, "weights.pth")
         cls.opts = ["--opts", "MODEL.WEIGHTS", cls.weights, "MODEL.DEVICE", "cpu"]
         argv = ["--config-file", cls.config, "--input", cls.images, "--output", root]
-        # TINY_YAML has no weights: build the model from it, then point MODEL.WEIGHTS at them.
+        # The tiny config has no weights: build the model from it, then point MODEL.WEIGHTS at them.
         write_weights(demo.setup_cfg(demo.get_parser().parse_args(argv)), cls.weights)
         cls.cfg = demo.setup_cfg(demo.get_parser().parse_args(argv + cls.opts))
 

@@ -43,32 +43,35 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 import train_net  # noqa: E402
 
+from model_fixtures import write_tiny_config  # noqa: E402
+
 FPN_T = os.path.join(
     REPO, "configs/ade20k/semantic-segmentation/semask_fpn/semask_fpn_swin_tiny_bs16_80k.yaml"
 )
-# The shipped SeMask-T FPN recipe shrunk to a few seconds of CPU: tiny Swin, 64x64 crops, GN
-# (SyncBN needs GPUs), no warmup, no data-loader workers, evaluation only at the end.
-TINY_YAML = f"""
-_BASE_: {FPN_T}
-MODEL:
-  WEIGHTS: ""
-  DEVICE: "cpu"
-  SWIN: {{EMBED_DIM: 16, DEPTHS: [1, 1, 2, 1], NUM_HEADS: [1, 2, 2, 4], WINDOW_SIZE: 4,
-          SEM_WINDOW_SIZE: 4, DROP_PATH_RATE: 0.0}}
-  SEM_SEG_HEAD: {{CONVS_DIM: 32, NORM: "GN"}}
-SOLVER: {{IMS_PER_BATCH: 4, BASE_LR: 0.001, MAX_ITER: 10, WARMUP_ITERS: 0, CHECKPOINT_PERIOD: 1000}}
-INPUT:
-  MIN_SIZE_TRAIN: [64]
-  MAX_SIZE_TRAIN: 128
-  MIN_SIZE_TEST: 64
-  MAX_SIZE_TEST: 128
-  CROP: {{SIZE: [64, 64]}}
-  SIZE_DIVISIBILITY: 64
-  COLOR_AUG_SSD: False
-DATALOADER: {{NUM_WORKERS: 0}}
-TEST: {{EVAL_PERIOD: 0}}
-SEED: 0
-"""
+# The shipped SeMask-T FPN recipe shrunk to a few seconds of CPU: the tiny model of the tests,
+# 64x64 crops, no warmup, no data-loader workers, evaluation only at the end.
+TINY_RUN = {
+    "MODEL": {"WEIGHTS": ""},
+    "SOLVER": {
+        "IMS_PER_BATCH": 4,
+        "BASE_LR": 0.001,
+        "MAX_ITER": 10,
+        "WARMUP_ITERS": 0,
+        "CHECKPOINT_PERIOD": 1000,
+    },
+    "INPUT": {
+        "MIN_SIZE_TRAIN": [64],
+        "MAX_SIZE_TRAIN": 128,
+        "MIN_SIZE_TEST": 64,
+        "MAX_SIZE_TEST": 128,
+        "CROP": {"SIZE": [64, 64]},
+        "SIZE_DIVISIBILITY": 64,
+        "COLOR_AUG_SSD": False,
+    },
+    "DATALOADER": {"NUM_WORKERS": 0},
+    "TEST": {"EVAL_PERIOD": 0},
+    "SEED": 0,
+}
 # Background, then two rectangles of classes 1 and 2, in well-separated colours.
 COLORS = np.array([(40, 40, 40), (220, 60, 60), (60, 200, 90)], dtype=np.uint8)
 SUBPROCESS_TIMEOUT = 240
@@ -96,11 +99,8 @@ def write_ade20k_like(root):
         write_split(image_dir, os.path.join(ade, "annotations_detectron2", split), count, rng)
 
 
-def write_tiny_config(folder):
-    path = os.path.join(folder, "tiny.yaml")
-    with open(path, "w") as f:
-        f.write(TINY_YAML)
-    return path
+def write_tiny_run_config(folder):
+    return write_tiny_config(os.path.join(folder, "tiny.yaml"), FPN_T, TINY_RUN)
 
 
 def read_metrics(output_dir):
@@ -162,7 +162,7 @@ class TestTrainInProcess(unittest.TestCase):
     def test_loss_goes_down_and_evaluation_returns_miou(self):
         cfg = get_cfg()
         add_semask_config(cfg)
-        cfg.merge_from_file(write_tiny_config(self.tmp.name))
+        cfg.merge_from_file(write_tiny_run_config(self.tmp.name))
         cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 3
         cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = (self.names[0],), (self.names[1],)
         cfg.SOLVER.MAX_ITER = 30
@@ -201,7 +201,7 @@ class TrainNetRunCase(unittest.TestCase):
         self.tmp = tempfile.TemporaryDirectory()
         self.datasets = os.path.join(self.tmp.name, "datasets")
         write_ade20k_like(self.datasets)
-        self.config = write_tiny_config(self.tmp.name)
+        self.config = write_tiny_run_config(self.tmp.name)
         self.output = os.path.join(self.tmp.name, "output")
 
     def tearDown(self):
@@ -376,7 +376,7 @@ class TestUserErrors(unittest.TestCase):
 
     def test_config_errors_exit_with_one_line(self):
         with tempfile.TemporaryDirectory() as tmp:
-            config = write_tiny_config(tmp)
+            config = write_tiny_run_config(tmp)
             cases = [
                 (["--config-file", os.path.join(tmp, "none.yaml")], "does not exist"),
                 (["--config-file", config, "MODEL.NO_SUCH_KEY", "1"], "Non-existent key"),

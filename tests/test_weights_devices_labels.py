@@ -36,7 +36,7 @@ from test_train_net import (
     run_to_end,
     train_net,
     write_ade20k_like,
-    write_tiny_config,
+    write_tiny_run_config,
 )
 
 # The longest line any run may log: an evaluation once printed ~30,000 characters on one.
@@ -262,7 +262,7 @@ class TestNonFiniteLoss(unittest.TestCase):
             self.addCleanup(unregister, name)
             cfg = get_cfg()
             add_semask_config(cfg)
-            cfg.merge_from_file(write_tiny_config(tmp))
+            cfg.merge_from_file(write_tiny_run_config(tmp))
             cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 3
             cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = (name,), ()
             cfg.SOLVER.MAX_ITER = 3
