@@ -4,13 +4,22 @@ root, atomic writes, and a loop that keeps existing outputs unless asked to over
 """
 
 import argparse
+import json
 import os
 import shutil
 from typing import Callable, Iterable, Optional, Sequence, Tuple
 
 from PIL import Image
 
-__all__ = ["fail", "parse_args", "require_dir", "copy_file", "save_image", "convert_all"]
+__all__ = [
+    "fail",
+    "parse_args",
+    "require_dir",
+    "copy_file",
+    "save_image",
+    "save_json",
+    "convert_all",
+]
 
 
 def fail(message: str) -> None:
@@ -55,6 +64,14 @@ def save_image(image: Image.Image, path: str) -> None:
     """Write `image` to `path` atomically (an interrupted run leaves no partial output)."""
     tmp = path + ".partial"
     image.save(tmp, format=Image.registered_extensions()[os.path.splitext(path)[1].lower()])
+    os.replace(tmp, path)
+
+
+def save_json(data, path: str) -> None:
+    """Write `data` as JSON to `path` atomically."""
+    tmp = path + ".partial"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f)
     os.replace(tmp, path)
 
 
