@@ -199,11 +199,12 @@ def _sem_seg_if_labelled(
 
 
 # Evaluators of each panoptic evaluator_type, as Mask2Former's train_net.py builds them: pairs of
-# (MODEL.MASK_FORMER.TEST flag that turns the evaluator on, or None for always; builder).
-PANOPTIC_EVALUATORS: Dict[str, Tuple[Tuple[Optional[str], Builder], ...]] = {
-    # mIoU is always evaluated on ADE20K panoptic, whatever SEMANTIC_ON says.
+# (MODEL.MASK_FORMER.TEST flag that turns the evaluator on, builder).
+PANOPTIC_EVALUATORS: Dict[str, Tuple[Tuple[str, Builder], ...]] = {
+    # Mask2Former builds the ADE20K mIoU evaluator whatever SEMANTIC_ON says, which fails at the
+    # first image when it is off (the model then returns no "sem_seg"); here SEMANTIC_ON decides.
     "ade20k_panoptic_seg": (
-        (None, _sem_seg_if_labelled),
+        ("SEMANTIC_ON", _sem_seg_if_labelled),
         ("PANOPTIC_ON", _panoptic_quality),
         ("INSTANCE_ON", _panoptic_instances),
     ),
@@ -221,17 +222,13 @@ PANOPTIC_EVALUATORS: Dict[str, Tuple[Tuple[Optional[str], Builder], ...]] = {
 
 
 def _panoptic_dataset(
-    parts: Tuple[Tuple[Optional[str], Builder], ...],
+    parts: Tuple[Tuple[str, Builder], ...],
     cfg: CfgNode,
     dataset_name: str,
     output_dir: Optional[str],
 ) -> DatasetEvaluator:
     flags = cfg.MODEL.MASK_FORMER.TEST
-    evaluators = [
-        build(cfg, dataset_name, output_dir)
-        for flag, build in parts
-        if flag is None or flags.get(flag)
-    ]
+    evaluators = [build(cfg, dataset_name, output_dir) for flag, build in parts if flags.get(flag)]
     evaluators = [e for e in evaluators if e is not None]
     if not evaluators:
         raise NotImplementedError(
