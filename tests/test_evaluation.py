@@ -138,8 +138,8 @@ class TestEvaluators(unittest.TestCase):
             self.assertIsInstance(build_evaluator(cfg, name), CityscapesSemSegEvaluator)
 
     def test_unknown_type(self):
-        with self.assertRaisesRegex(NotImplementedError, "coco"):
-            build_evaluator(eval_cfg(), self.dataset("coco"))
+        with self.assertRaisesRegex(NotImplementedError, "lvis"):
+            build_evaluator(eval_cfg(), self.dataset("lvis"))
 
     def test_miou_by_hand(self):
         name = self.dataset("sem_seg")
