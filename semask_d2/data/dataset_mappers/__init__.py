@@ -1,4 +1,8 @@
 """Dataset mappers; importing it registers them in ``DATASET_MAPPER_REGISTRY``."""
 
+from .coco_instance_lsj_dataset_mapper import COCOInstanceLSJDatasetMapper
+from .coco_panoptic_lsj_dataset_mapper import COCOPanopticLSJDatasetMapper
+from .mask_former_instance_dataset_mapper import MaskFormerInstanceDatasetMapper
+from .mask_former_panoptic_dataset_mapper import MaskFormerPanopticDatasetMapper
 from .mask_former_semantic_dataset_mapper import MaskFormerSemanticDatasetMapper
 from .semantic_test_dataset_mapper import SemanticTestDatasetMapper
