@@ -147,8 +147,11 @@ def _record(pair: Tuple[str, str]) -> Dict:
             f"instance label {instance_file} has {ids.shape[-1]} channels; instanceIds PNGs are "
             "single-channel 16-bit. Fix: restore it from gtFine_trainvaltest.zip."
         )
+    # Fortran order once, so that every mask comes out in the layout RLE encoding reads.
+    fortran_ids = np.asfortranarray(ids)
     annotations = []
-    for value in np.unique(ids).tolist():
+    # bincount finds the values present far faster than np.unique's sort of 2M pixels.
+    for value in np.flatnonzero(np.bincount(ids.ravel())).tolist():
         label_id = value // 1000 if value >= 1000 else value
         if label_id not in id2label:
             raise DatasetError(
@@ -157,7 +160,9 @@ def _record(pair: Tuple[str, str]) -> Dict:
                 "gtFine_trainvaltest.zip."
             )
         if label_id in _CONTIGUOUS_ID:
-            annotations.append(_annotation(ids == value, _CONTIGUOUS_ID[label_id], value < 1000))
+            annotations.append(
+                _annotation(fortran_ids == value, _CONTIGUOUS_ID[label_id], value < 1000)
+            )
     return {
         "file_name": image_file,
         "image_id": os.path.basename(image_file),
@@ -168,8 +173,14 @@ def _record(pair: Tuple[str, str]) -> Dict:
 
 
 def _annotation(mask: np.ndarray, category_id: int, iscrowd: bool) -> Dict:
-    """One instance from its (H, W) bool mask (never empty: it holds a value of the image)."""
-    rle = mask_util.encode(np.asfortranarray(mask, dtype=np.uint8))
+    """
+    Args:
+        mask (np.ndarray): (H, W) bool in Fortran order; never empty (it holds a value of the
+            image).
+        category_id (int): contiguous class 0..7.
+        iscrowd (bool): a group region rather than one instance.
+    """
+    rle = mask_util.encode(np.asfortranarray(mask.view(np.uint8)))
     x, y, w, h = mask_util.toBbox(rle).tolist()
     rle["counts"] = rle["counts"].decode("ascii")
     return {
