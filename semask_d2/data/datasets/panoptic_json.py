@@ -6,8 +6,8 @@ The records have the shape of detectron2's ``load_coco_panoptic_json``
 (``detectron2/data/datasets/coco_panoptic.py``), so the same mappers and evaluators serve our
 datasets and those a user registers with detectron2's ``register_coco_panoptic``:
 ``file_name``, ``image_id``, ``pan_seg_file_name``, ``segments_info`` (per segment ``id``,
-contiguous ``category_id``, ``isthing``, ``iscrowd``, plus the JSON's ``area`` / ``bbox``), and
-``height`` / ``width`` when the JSON lists them, and ``sem_seg_file_name`` for datasets with
+contiguous ``category_id``, ``isthing``, ``iscrowd``, plus the JSON's ``area`` / ``bbox``);
+``height`` / ``width`` when the JSON lists them; ``sem_seg_file_name`` for datasets with
 semantic labels. :func:`register_panoptic_json` registers such a dataset.
 """
 
@@ -62,7 +62,8 @@ def register_panoptic_json(
     **extra_metadata,
 ) -> None:
     """
-    Register a COCO-format panoptic dataset under `name`, replacing any dataset of that name.
+    Register a COCO-format panoptic dataset under `name`, replacing any dataset of that name,
+    with ``ignore_label`` 255 and ``label_divisor`` 1000 (all panoptic datasets of the package).
     Nothing is read here; ``DatasetCatalog.get(name)`` runs :func:`load_panoptic_json` (and
     :func:`add_sem_seg_files` when `sem_seg` is given).
 
