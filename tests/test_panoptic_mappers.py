@@ -153,11 +153,10 @@ class MapperTestCase(unittest.TestCase):
         np.random.seed(0)
         torch.manual_seed(0)
         self.image = np.random.RandomState(0).randint(0, 256, (6, 8, 3), dtype=np.uint8)
+        # Without height/width, as detectron2's panoptic loaders give it.
         self.panoptic = {
             "file_name": write(os.path.join(self.root, "a.png"), self.image),
             "image_id": "a",
-            "height": 6,
-            "width": 8,
             "pan_seg_file_name": write(
                 os.path.join(self.root, "a_pan.png"), id_colors(SEGMENT_IDS)
             ),
@@ -250,7 +249,10 @@ class TestMaskFormerPanopticDatasetMapper(MapperTestCase):
         out = self.mapper(MaskFormerPanopticDatasetMapper, pad=8)(self.panoptic)
         self.assert_padded_output(out, PANOPTIC_LABELS, PANOPTIC_CLASSES, PANOPTIC_MASKS)
         self.assertNotIn("gt_boxes", out["instances"]._fields)
-        self.assertEqual(self.panoptic["segments_info"], SEGMENTS_INFO)  # input untouched
+        # The training loader's aspect-ratio grouping reads the size from the mapped dict.
+        self.assertEqual((out["height"], out["width"]), (6, 8))
+        self.assertNotIn("height", self.panoptic)  # input untouched
+        self.assertEqual(self.panoptic["segments_info"], SEGMENTS_INFO)
 
     def test_flip_moves_image_labels_and_masks_together(self):
         mapper = self.mapper(MaskFormerPanopticDatasetMapper, [T.RandomFlip(prob=1.0)])
@@ -415,9 +417,11 @@ class TestMaskFormerInstanceDatasetMapper(MapperTestCase):
         annotations[1]["category_id"] = 4
         self.assert_one_line_error(mapper, self.instance, "a.png", "category_id 4", "NUM_CLASSES")
 
-    def test_missing_image(self):
-        os.remove(self.instance["file_name"])
+    def test_missing_image_and_wrong_size(self):
         mapper = self.mapper(MaskFormerInstanceDatasetMapper)
+        self.instance["height"] = 7
+        self.assert_one_line_error(mapper, self.instance, "a.png", "8x6", "8x7")
+        os.remove(self.instance["file_name"])
         self.assert_one_line_error(mapper, self.instance, self.instance["file_name"])
 
 

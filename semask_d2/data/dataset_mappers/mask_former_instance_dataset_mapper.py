@@ -18,7 +18,6 @@ from detectron2.structures import polygons_to_bitmask
 
 from ..build import DATASET_MAPPER_REGISTRY
 from ..errors import DatasetError
-from ..file_checks import check_size, read_image_checked
 from .mask_former_segment_dataset_mapper import MaskFormerSegmentDatasetMapper
 from .semantic_targets import labels_from_masks
 from .semantic_test_dataset_mapper import SemanticTestDatasetMapper
@@ -117,8 +116,9 @@ class MaskFormerInstanceDatasetMapper(MaskFormerSegmentDatasetMapper):
             dataset_dict (dict): detectron2 instance record.
 
         Returns:
-            dict: the record without ``annotations``, plus ``image``, ``sem_seg`` and
-            ``instances``, as :meth:`MaskFormerSegmentDatasetMapper._training_input` describes.
+            dict: the record (with the image's ``height``/``width``) without ``annotations``,
+            plus ``image``, ``sem_seg`` and ``instances``, as
+            :meth:`MaskFormerSegmentDatasetMapper._training_input` describes.
 
         Raises:
             DatasetError: the record has no annotations, a file is missing or corrupt, or an
@@ -127,8 +127,7 @@ class MaskFormerInstanceDatasetMapper(MaskFormerSegmentDatasetMapper):
         dataset_dict = copy.deepcopy(dataset_dict)
         annotations = self._pop_annotations(dataset_dict)
         image_path = dataset_dict["file_name"]
-        image = read_image_checked(image_path, self.image_format)
-        check_size(dataset_dict, image)
+        image = self._read_image(dataset_dict)
         image_size = image.shape[:2]
         masks = [annotation_mask(a, image_size, image_path) for a in annotations]
         classes = [a["category_id"] for a in annotations]

@@ -85,7 +85,8 @@ class MaskFormerPanopticDatasetMapper(MaskFormerSegmentDatasetMapper):
             dataset_dict (dict): detectron2 panoptic record.
 
         Returns:
-            dict: the record plus ``image``, ``sem_seg`` and ``instances``, as
+            dict: the record (with the image's ``height``/``width``) plus ``image``,
+            ``sem_seg`` and ``instances``, as
             :meth:`MaskFormerSegmentDatasetMapper._training_input` describes.
 
         Raises:
@@ -120,8 +121,7 @@ class MaskFormerPanopticDatasetMapper(MaskFormerSegmentDatasetMapper):
                 "pan_seg_file_name and segments_info",
                 "its panoptic annotations (e.g. detectron2's register_coco_panoptic)",
             )
-        image = read_image_checked(dataset_dict["file_name"], self.image_format)
-        check_size(dataset_dict, image)
+        image = self._read_image(dataset_dict)
         path = dataset_dict["pan_seg_file_name"]
         segments_info = dataset_dict["segments_info"]
         colors, segment_ids = read_panoptic_checked(path, segments_info, image.shape[:2])

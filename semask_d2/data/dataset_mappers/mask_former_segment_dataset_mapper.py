@@ -15,7 +15,7 @@ from detectron2.data import transforms as T
 from detectron2.structures import Instances
 
 from ..errors import DatasetError
-from ..file_checks import check_size, read_label_checked
+from ..file_checks import check_size, read_image_checked, read_label_checked
 from .mask_former_semantic_dataset_mapper import MaskFormerSemanticDatasetMapper
 
 __all__ = ["MaskFormerSegmentDatasetMapper", "build_lsj_augmentations"]
@@ -61,6 +61,21 @@ class MaskFormerSegmentDatasetMapper(MaskFormerSemanticDatasetMapper):
     Subclasses read their record's segments in ``__call__`` and finish with
     :meth:`_prior_labels` (before augmenting) and :meth:`_training_input` (after).
     """
+
+    def _read_image(self, dataset_dict: Dict) -> np.ndarray:
+        """
+        Decode the record's image, check it against ``height``/``width`` and fill those in
+        when missing (detectron2's panoptic loaders omit them; the training loader's
+        aspect-ratio grouping reads them from the mapped dict).
+
+        Returns:
+            np.ndarray: (H, W, C) image in `image_format`.
+        """
+        image = read_image_checked(dataset_dict["file_name"], self.image_format)
+        check_size(dataset_dict, image)
+        dataset_dict.setdefault("height", image.shape[0])
+        dataset_dict.setdefault("width", image.shape[1])
+        return image
 
     def _prior_labels(
         self, dataset_dict: Dict, image_size: Tuple[int, int], derive: Callable[[], np.ndarray]
