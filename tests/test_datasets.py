@@ -314,6 +314,8 @@ class TestBuiltin(CatalogTestCase):
             self.assertIn("stuff_colors", MetadataCatalog.get(name).as_dict())
 
     def test_environment_variable_is_expanded(self):
+        # Every name the reload re-registers goes back to the import-time root afterwards.
+        self.addCleanup(builtin.register_all_builtin)
         with mock.patch.dict(os.environ, {"DETECTRON2_DATASETS": "~/d2_data"}):
             self.assertEqual(builtin.default_root(), os.path.expanduser("~/d2_data"))
             importlib.reload(builtin)  # what importing semask_d2 runs

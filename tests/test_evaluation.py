@@ -116,6 +116,19 @@ class TestEvaluators(unittest.TestCase):
         self.assertIsInstance(evaluator, SeMaskSemSegEvaluator)
         self.assertIsInstance(evaluator, SemSegEvaluator)
 
+    def test_stuff_only_id_map_keeps_contiguous_ids(self):
+        # Cityscapes panoptic metadata maps its stuff classes only; PRED also holds class 2.
+        name = self.dataset("sem_seg", stuff_dataset_id_to_contiguous_id={7: 0, 8: 1})
+        evaluator = build_evaluator(eval_cfg(), name)
+        with tempfile.TemporaryDirectory() as out:
+            evaluator._output_dir = out
+            miou = evaluate_pred(evaluator, name)["sem_seg"]["mIoU"]
+            with open(os.path.join(out, "sem_seg_predictions.json")) as f:
+                written = {entry["category_id"] for entry in json.load(f)}
+        self.assertEqual(written, {0, 1, 2})
+        # The hand-made case of test_miou_by_hand: class 2 is absent from the GT.
+        self.assertAlmostEqual(miou, 100 * (5 / 7 + 7 / 8) / 2, places=6)
+
     def test_cityscapes_defaults_to_sem_seg_evaluator_on_train_ids(self):
         evaluator = build_evaluator(eval_cfg(), self.dataset("cityscapes_sem_seg", gt_dir="/none"))
         self.assertIsInstance(evaluator, SemSegEvaluator)

@@ -80,6 +80,11 @@ class SeMaskSemSegEvaluator(SemSegEvaluator):
             _read_label, num_classes=len(meta.stuff_classes), ignore_label=meta.ignore_label
         )
         super().__init__(dataset_name, distributed, output_dir, sem_seg_loading_fn=loader)
+        # Panoptic metadata may map the stuff classes only (Cityscapes); the semantic output
+        # covers every class, so its JSON keeps the contiguous ids instead of failing an assert.
+        ids = self._contiguous_id_to_dataset_id
+        if ids is not None and set(ids) != set(range(self._num_classes)):
+            self._contiguous_id_to_dataset_id = None
         self._logger = logger
         self._print_per_class = print_per_class
 
