@@ -205,6 +205,10 @@ def _add_input_config(cfg: CN) -> None:
     # Training mapper, by name in semask_d2's dataset-mapper registry. "mask_former_semantic":
     # resize, category-area-constrained crop, optional SSD colour jitter, flip, padding; emits
     # `sem_seg` and per-class `instances`, so it feeds both SemanticSegmentor and MaskFormer.
+    # "mask_former_panoptic" / "mask_former_instance": the same crops, one target per segment
+    # or instance; "coco_panoptic_lsj" / "coco_instance_lsj": large-scale jitter
+    # (INPUT.IMAGE_SIZE, MIN_SCALE, MAX_SCALE). All of them also emit `sem_seg` for the prior
+    # loss (the dataset's semantic file, or derived from the segments).
     cfg.INPUT.DATASET_MAPPER_NAME = "mask_former_semantic"
     # Photometric distortion of SSD (brightness, contrast, saturation, hue) in training.
     cfg.INPUT.COLOR_AUG_SSD = False

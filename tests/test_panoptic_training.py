@@ -192,7 +192,19 @@ class TrainingTestCase(unittest.TestCase):
         recorder = LossRecorder()
         trainer.register_hooks([recorder])
         trainer.train()
+        self.trainer = trainer
         return recorder
+
+    def evaluate(self, cfg, **mask_former_test):
+        """train_net's evaluation of the trained model on the training set."""
+        cfg = cfg.clone()
+        cfg.defrost()
+        cfg.DATASETS.TEST = (self.NAME,)
+        for key, value in mask_former_test.items():
+            cfg.MODEL.MASK_FORMER.TEST[key] = value
+        model = train_net.Trainer.build_model(cfg)
+        model.load_state_dict(self.trainer.model.state_dict())
+        return train_net.Trainer.test(cfg, model)
 
     def assert_learns(self, recorder):
         self.assertTrue({"loss_ce", "loss_mask", "loss_dice", "loss_cate"} <= recorder.names)
@@ -222,7 +234,16 @@ class TestPanopticTraining(TrainingTestCase):
             os.path.join(self.root, "panoptic"),
             json_file,
         )
-        self.assert_learns(self.train(self.cfg(4, "mask_former_panoptic")))
+        cfg = self.cfg(4, "mask_former_panoptic")
+        self.assert_learns(self.train(cfg))
+        # train_net's evaluation wiring for a user's register_coco_panoptic data: PQ through
+        # COCOPanopticEvaluator (no semantic files here, so no mIoU).
+        results = self.evaluate(cfg, PANOPTIC_ON=True)
+        pq = results["panoptic_seg"]
+        self.assertEqual(
+            set(pq), {f"{m}{s}" for m in ("PQ", "SQ", "RQ") for s in ("", "_th", "_st")}
+        )
+        self.assertTrue(all(0.0 <= v <= 100.0 for v in pq.values()), pq)
 
 
 class TestInstanceTraining(TrainingTestCase):
@@ -234,6 +255,10 @@ class TestInstanceTraining(TrainingTestCase):
         cfg = self.cfg(2, "coco_instance_lsj")
         cfg.INPUT.MIN_SCALE, cfg.INPUT.MAX_SCALE = 0.75, 1.25
         self.assert_learns(self.train(cfg))
+        # COCO mask AP through train_net's evaluator for the "coco" type.
+        segm = self.evaluate(cfg, INSTANCE_ON=True, SEMANTIC_ON=False)["segm"]
+        self.assertTrue(0.0 <= segm["AP"] <= 100.0, segm)
+        self.assertIn("AP-red", segm)
 
 
 if __name__ == "__main__":
