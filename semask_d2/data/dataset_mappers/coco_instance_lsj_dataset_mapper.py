@@ -4,19 +4,19 @@ Mask2Former's ``coco_instance_lsj`` mapper, ``COCOInstanceNewBaselineDatasetMapp
 also emits the per-pixel labels of SeMask's prior loss.
 """
 
-from typing import Callable, Dict
+from typing import Dict
 
 from detectron2.config import CfgNode
 from detectron2.structures import BitMasks
 
-from ..build import DATASET_MAPPER_REGISTRY
 from .mask_former_instance_dataset_mapper import MaskFormerInstanceDatasetMapper
 from .mask_former_segment_dataset_mapper import build_lsj_augmentations
-from .semantic_test_dataset_mapper import SemanticTestDatasetMapper
+from .registration import register_training_mapper
 
 __all__ = ["COCOInstanceLSJDatasetMapper"]
 
 
+@register_training_mapper("coco_instance_lsj")
 class COCOInstanceLSJDatasetMapper(MaskFormerInstanceDatasetMapper):
     """
     :class:`MaskFormerInstanceDatasetMapper` with large-scale jitter
@@ -40,14 +40,3 @@ class COCOInstanceLSJDatasetMapper(MaskFormerInstanceDatasetMapper):
         instances.gt_boxes = BitMasks(instances.gt_masks).get_bounding_boxes()
         dataset_dict["instances"] = instances
         return dataset_dict
-
-
-@DATASET_MAPPER_REGISTRY.register()
-def coco_instance_lsj(cfg: CfgNode, is_train: bool) -> Callable:
-    """
-    Registry entry "coco_instance_lsj" (the official mapper name): the training mapper, or the
-    inference mapper (image only) when `is_train` is False.
-    """
-    if is_train:
-        return COCOInstanceLSJDatasetMapper(cfg, is_train=True)
-    return SemanticTestDatasetMapper(cfg)

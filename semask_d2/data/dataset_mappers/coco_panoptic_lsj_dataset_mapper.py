@@ -4,19 +4,19 @@ Training mapper of COCO panoptic with large-scale jitter (the behaviour of Mask2
 per-pixel labels of SeMask's prior loss.
 """
 
-from typing import Callable, Dict
+from typing import Dict
 
 from detectron2.config import CfgNode
 from detectron2.structures import BitMasks
 
-from ..build import DATASET_MAPPER_REGISTRY
 from .mask_former_panoptic_dataset_mapper import MaskFormerPanopticDatasetMapper
 from .mask_former_segment_dataset_mapper import build_lsj_augmentations
-from .semantic_test_dataset_mapper import SemanticTestDatasetMapper
+from .registration import register_training_mapper
 
 __all__ = ["COCOPanopticLSJDatasetMapper"]
 
 
+@register_training_mapper("coco_panoptic_lsj")
 class COCOPanopticLSJDatasetMapper(MaskFormerPanopticDatasetMapper):
     """
     :class:`MaskFormerPanopticDatasetMapper` with large-scale jitter
@@ -42,14 +42,3 @@ class COCOPanopticLSJDatasetMapper(MaskFormerPanopticDatasetMapper):
         instances = dataset_dict["instances"]
         instances.gt_boxes = BitMasks(instances.gt_masks).get_bounding_boxes()
         return dataset_dict
-
-
-@DATASET_MAPPER_REGISTRY.register()
-def coco_panoptic_lsj(cfg: CfgNode, is_train: bool) -> Callable:
-    """
-    Registry entry "coco_panoptic_lsj" (the official mapper name): the training mapper, or the
-    inference mapper (image only) when `is_train` is False.
-    """
-    if is_train:
-        return COCOPanopticLSJDatasetMapper(cfg, is_train=True)
-    return SemanticTestDatasetMapper(cfg)

@@ -5,7 +5,7 @@ per-pixel labels of SeMask's prior loss.
 """
 
 import copy
-from typing import Callable, Dict, List, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 import pycocotools.mask as mask_util
@@ -16,11 +16,10 @@ from detectron2.data import transforms as T
 from detectron2.projects.point_rend import ColorAugSSDTransform
 from detectron2.structures import polygons_to_bitmask
 
-from ..build import DATASET_MAPPER_REGISTRY
 from ..errors import DatasetError
 from .mask_former_segment_dataset_mapper import MaskFormerSegmentDatasetMapper
+from .registration import register_training_mapper
 from .semantic_targets import labels_from_masks
-from .semantic_test_dataset_mapper import SemanticTestDatasetMapper
 
 __all__ = ["MaskFormerInstanceDatasetMapper", "annotation_mask"]
 
@@ -67,6 +66,7 @@ def annotation_mask(annotation: Dict, image_size: Tuple[int, int], image_path: s
     return mask.astype(np.uint8)
 
 
+@register_training_mapper("mask_former_instance")
 class MaskFormerInstanceDatasetMapper(MaskFormerSegmentDatasetMapper):
     """
     Map a detectron2 instance record (``file_name``, ``annotations`` with contiguous
@@ -160,14 +160,3 @@ class MaskFormerInstanceDatasetMapper(MaskFormerSegmentDatasetMapper):
                 "its instances (e.g. detectron2's register_coco_instances)",
             )
         return dataset_dict.pop("annotations")
-
-
-@DATASET_MAPPER_REGISTRY.register()
-def mask_former_instance(cfg: CfgNode, is_train: bool) -> Callable:
-    """
-    Registry entry "mask_former_instance" (the official mapper name): the training mapper, or
-    the inference mapper (image only) when `is_train` is False.
-    """
-    if is_train:
-        return MaskFormerInstanceDatasetMapper(cfg, is_train=True)
-    return SemanticTestDatasetMapper(cfg)

@@ -5,20 +5,18 @@ per-pixel labels of SeMask's prior loss.
 """
 
 import copy
-from typing import Callable, Dict, List, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 from panopticapi.utils import rgb2id
 
-from detectron2.config import CfgNode
 from detectron2.data import transforms as T
 
-from ..build import DATASET_MAPPER_REGISTRY
 from ..errors import DatasetError
 from ..file_checks import check_size, read_header, read_image_checked
 from .mask_former_segment_dataset_mapper import MaskFormerSegmentDatasetMapper
+from .registration import register_training_mapper
 from .semantic_targets import labels_from_panoptic
-from .semantic_test_dataset_mapper import SemanticTestDatasetMapper
 
 __all__ = ["MaskFormerPanopticDatasetMapper", "read_panoptic_checked"]
 
@@ -63,6 +61,7 @@ def read_panoptic_checked(
     return colors, segment_ids
 
 
+@register_training_mapper("mask_former_panoptic")
 class MaskFormerPanopticDatasetMapper(MaskFormerSegmentDatasetMapper):
     """
     Map a detectron2 panoptic record (``file_name``, ``pan_seg_file_name``, ``segments_info``
@@ -132,14 +131,3 @@ class MaskFormerPanopticDatasetMapper(MaskFormerSegmentDatasetMapper):
             "*_dataset_id_to_contiguous_id), or check stuff_classes.",
         )
         return image, colors, segment_ids
-
-
-@DATASET_MAPPER_REGISTRY.register()
-def mask_former_panoptic(cfg: CfgNode, is_train: bool) -> Callable:
-    """
-    Registry entry "mask_former_panoptic" (the official mapper name): the training mapper, or
-    the inference mapper (image only) when `is_train` is False.
-    """
-    if is_train:
-        return MaskFormerPanopticDatasetMapper(cfg, is_train=True)
-    return SemanticTestDatasetMapper(cfg)

@@ -5,7 +5,7 @@ Training mapper of semantic-segmentation datasets for SemanticSegmentor and Mask
 
 import copy
 import logging
-from typing import Callable, Dict, List
+from typing import Dict, List
 
 import numpy as np
 import torch
@@ -17,16 +17,16 @@ from detectron2.data import transforms as T
 from detectron2.projects.point_rend import ColorAugSSDTransform
 from detectron2.structures import Instances
 
-from ..build import DATASET_MAPPER_REGISTRY
 from ..errors import DatasetError
 from ..file_checks import check_size, read_image_checked, read_label_checked
-from .semantic_test_dataset_mapper import SemanticTestDatasetMapper
+from .registration import register_training_mapper
 
 __all__ = ["MaskFormerSemanticDatasetMapper"]
 
 logger = logging.getLogger(__name__)
 
 
+@register_training_mapper("mask_former_semantic")
 class MaskFormerSemanticDatasetMapper:
     """
     Map a detectron2 semantic-segmentation record to a training input:
@@ -180,14 +180,3 @@ class MaskFormerSemanticDatasetMapper:
         # (N, H, W); N = 0 gives an empty (0, H, W) tensor, which the criterion accepts.
         instances.gt_masks = sem_seg[None] == classes[:, None, None]
         return instances
-
-
-@DATASET_MAPPER_REGISTRY.register()
-def mask_former_semantic(cfg: CfgNode, is_train: bool) -> Callable:
-    """
-    Registry entry "mask_former_semantic" (the official mapper name): the training mapper, or
-    the inference mapper when `is_train` is False.
-    """
-    if is_train:
-        return MaskFormerSemanticDatasetMapper(cfg, is_train=True)
-    return SemanticTestDatasetMapper(cfg)
