@@ -2,7 +2,8 @@
 Shared base of the panoptic and instance training mappers: targets are segments (one mask per
 panoptic segment or instance), and the per-pixel labels of SeMask's prior loss come from the
 record's semantic label file or are derived from the segments
-(:mod:`.semantic_targets`). Also the large-scale-jitter augmentations of the COCO recipes.
+(:mod:`.semantic_targets`). Also the large-scale jitter of the COCO recipes (augmentations, and
+the mixin that the COCO LSJ mappers add to the panoptic and instance mappers).
 """
 
 from typing import Callable, Dict, List, Sequence, Tuple
@@ -12,13 +13,13 @@ import torch
 
 from detectron2.config import CfgNode
 from detectron2.data import transforms as T
-from detectron2.structures import Instances
+from detectron2.structures import BitMasks, Instances
 
 from ..errors import DatasetError
 from ..file_checks import check_size, read_image_checked, read_label_checked
 from .mask_former_semantic_dataset_mapper import MaskFormerSemanticDatasetMapper
 
-__all__ = ["MaskFormerSegmentDatasetMapper", "build_lsj_augmentations"]
+__all__ = ["LSJDatasetMapperMixin", "MaskFormerSegmentDatasetMapper", "build_lsj_augmentations"]
 
 # The mappers that read a record, by the key that marks its annotation type.
 _MAPPERS_BY_KEY = (
@@ -52,6 +53,34 @@ def build_lsj_augmentations(cfg: CfgNode) -> List[T.Augmentation]:
         T.FixedSizeCrop((size, size), pad=False),
     ]
     return augmentations
+
+
+class LSJDatasetMapperMixin:
+    """
+    Mixin, placed before a :class:`MaskFormerSegmentDatasetMapper` subclass, for the COCO
+    recipes: large-scale jitter (:func:`build_lsj_augmentations`), padding to
+    ``INPUT.IMAGE_SIZE`` squared and ``instances.gt_boxes`` (XYXY, from the masks; zeros for an
+    empty mask). With `drop_empty_instances`, targets whose mask the crop removed are dropped.
+    """
+
+    drop_empty_instances = False
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode, is_train: bool = True) -> Dict:
+        ret = super().from_config(cfg, is_train)
+        ret["augmentations"] = build_lsj_augmentations(cfg)
+        ret["size_divisibility"] = cfg.INPUT.IMAGE_SIZE
+        return ret
+
+    def __call__(self, dataset_dict: Dict) -> Dict:
+        """As the mapper's ``__call__``, plus ``instances.gt_boxes``."""
+        dataset_dict = super().__call__(dataset_dict)
+        instances = dataset_dict["instances"]
+        if self.drop_empty_instances:
+            instances = instances[instances.gt_masks.flatten(1).any(dim=1)]
+        instances.gt_boxes = BitMasks(instances.gt_masks).get_bounding_boxes()
+        dataset_dict["instances"] = instances
+        return dataset_dict
 
 
 class MaskFormerSegmentDatasetMapper(MaskFormerSemanticDatasetMapper):
