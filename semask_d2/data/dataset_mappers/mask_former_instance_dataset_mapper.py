@@ -13,11 +13,11 @@ import pycocotools.mask as mask_util
 from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
-from detectron2.projects.point_rend import ColorAugSSDTransform
 from detectron2.structures import polygons_to_bitmask
 
 from ..errors import DatasetError
 from .mask_former_segment_dataset_mapper import MaskFormerSegmentDatasetMapper
+from .mask_former_semantic_dataset_mapper import build_shortest_edge_augmentations
 from .registration import register_training_mapper
 from .semantic_targets import labels_from_masks
 
@@ -87,21 +87,11 @@ class MaskFormerInstanceDatasetMapper(MaskFormerSegmentDatasetMapper):
 
     @classmethod
     def from_config(cls, cfg: CfgNode, is_train: bool = True) -> Dict:
-        augmentations = [
-            T.ResizeShortestEdge(
-                cfg.INPUT.MIN_SIZE_TRAIN,
-                cfg.INPUT.MAX_SIZE_TRAIN,
-                cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING,
-            )
-        ]
-        if cfg.INPUT.CROP.ENABLED:
-            augmentations.append(T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE))
-        if cfg.INPUT.COLOR_AUG_SSD:
-            augmentations.append(ColorAugSSDTransform(img_format=cfg.INPUT.FORMAT))
-        augmentations.append(T.RandomFlip())
         return {
             "is_train": is_train,
-            "augmentations": augmentations,
+            "augmentations": build_shortest_edge_augmentations(
+                cfg, lambda: T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE)
+            ),
             "image_format": cfg.INPUT.FORMAT,
             # Instance metadata has its thing_classes only once the dataset is loaded
             # (detectron2's load_coco_json sets them), which is after the mapper is built.

@@ -5,7 +5,7 @@ Training mapper of semantic-segmentation datasets for SemanticSegmentor and Mask
 
 import copy
 import logging
-from typing import Dict, List
+from typing import Callable, Dict, List
 
 import numpy as np
 import torch
@@ -21,9 +21,39 @@ from ..errors import DatasetError
 from ..file_checks import check_size, read_image_checked, read_label_checked
 from .registration import register_training_mapper
 
-__all__ = ["MaskFormerSemanticDatasetMapper"]
+__all__ = ["MaskFormerSemanticDatasetMapper", "build_shortest_edge_augmentations"]
 
 logger = logging.getLogger(__name__)
+
+
+def build_shortest_edge_augmentations(
+    cfg: CfgNode, crop: Callable[[], T.Augmentation]
+) -> List[T.Augmentation]:
+    """
+    Training augmentations of the MaskFormer recipes: resize the shortest edge
+    (``INPUT.MIN_SIZE_TRAIN``, ``MAX_SIZE_TRAIN``, ``MIN_SIZE_TRAIN_SAMPLING``), crop when
+    ``INPUT.CROP.ENABLED``, SSD colour jitter when ``INPUT.COLOR_AUG_SSD``, horizontal flip.
+
+    Args:
+        cfg (CfgNode): the config.
+        crop (callable): () -> the crop augmentation, called only when cropping is enabled.
+
+    Returns:
+        list[Augmentation]: in the order they apply.
+    """
+    augmentations = [
+        T.ResizeShortestEdge(
+            cfg.INPUT.MIN_SIZE_TRAIN,
+            cfg.INPUT.MAX_SIZE_TRAIN,
+            cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING,
+        )
+    ]
+    if cfg.INPUT.CROP.ENABLED:
+        augmentations.append(crop())
+    if cfg.INPUT.COLOR_AUG_SSD:
+        augmentations.append(ColorAugSSDTransform(img_format=cfg.INPUT.FORMAT))
+    augmentations.append(T.RandomFlip())
+    return augmentations
 
 
 @register_training_mapper("mask_former_semantic")
@@ -82,27 +112,17 @@ class MaskFormerSemanticDatasetMapper:
                     f"training sets {cfg.DATASETS.TRAIN[0]} and {name} differ in stuff_classes or "
                     "ignore_label; one mapper needs the same label encoding for all of them"
                 )
-        augmentations = [
-            T.ResizeShortestEdge(
-                cfg.INPUT.MIN_SIZE_TRAIN,
-                cfg.INPUT.MAX_SIZE_TRAIN,
-                cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING,
-            )
-        ]
-        if cfg.INPUT.CROP.ENABLED:
-            augmentations.append(
-                T.RandomCrop_CategoryAreaConstraint(
-                    cfg.INPUT.CROP.TYPE,
-                    cfg.INPUT.CROP.SIZE,
-                    cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA,
-                    # Official code passes MODEL.SEM_SEG_HEAD.IGNORE_VALUE (255), which is a
-                    # real class of ADE20K-full; the dataset's own ignore value is meant.
-                    meta.ignore_label,
-                )
-            )
-        if cfg.INPUT.COLOR_AUG_SSD:
-            augmentations.append(ColorAugSSDTransform(img_format=cfg.INPUT.FORMAT))
-        augmentations.append(T.RandomFlip())
+        augmentations = build_shortest_edge_augmentations(
+            cfg,
+            lambda: T.RandomCrop_CategoryAreaConstraint(
+                cfg.INPUT.CROP.TYPE,
+                cfg.INPUT.CROP.SIZE,
+                cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA,
+                # Official code passes MODEL.SEM_SEG_HEAD.IGNORE_VALUE (255), which is a
+                # real class of ADE20K-full; the dataset's own ignore value is meant.
+                meta.ignore_label,
+            ),
+        )
         return {
             "is_train": is_train,
             "augmentations": augmentations,
