@@ -38,7 +38,7 @@ from prepare_ade20k_panoptic_seg import (
     require_inputs,
     split_images,
 )
-from prepare_utils import parse_args, save_json
+from prepare_utils import parse_args, save_json, splits_to_convert
 from semask_d2.data.datasets.class_tables import load_class_table
 
 
@@ -99,13 +99,12 @@ def convert_split(root: str, name: str, split: str) -> None:
 
 def main(argv=None) -> None:
     args = parse_args(__doc__.splitlines()[1], "ADEChallengeData2016", argv)
-    todo = []
-    for name, split in SPLITS:
-        json_path = os.path.join(args.root, f"ade20k_instance_{name}.json")
-        if os.path.exists(json_path) and not args.overwrite:
-            print(f"ADE20K instance {name}: kept {json_path} (--overwrite redoes it)")
-        else:
-            todo.append((name, split))
+    todo = splits_to_convert(
+        SPLITS,
+        lambda name: os.path.join(args.root, f"ade20k_instance_{name}.json"),
+        args.overwrite,
+        "ADE20K instance",
+    )
     # Every input folder is checked before the first (long) split starts.
     for _, split in todo:
         require_inputs(args.root, split, folders=("images",))

@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 from panopticapi.utils import id2rgb
-from prepare_utils import fail, parse_args, require_dir, save_image, save_json
+from prepare_utils import fail, parse_args, require_dir, save_image, save_json, splits_to_convert
 from semask_d2.data.datasets.class_tables import load_class_table
 
 # (output name, release folder)
@@ -268,13 +268,12 @@ def convert_split(root: str, name: str, split: str, overwrite: bool) -> None:
 
 def main(argv=None) -> None:
     args = parse_args(__doc__.splitlines()[1], "ADEChallengeData2016", argv)
-    todo = []
-    for name, split in SPLITS:
-        json_path = os.path.join(args.root, f"ade20k_panoptic_{name}.json")
-        if os.path.exists(json_path) and not args.overwrite:
-            print(f"ADE20K panoptic {name}: kept {json_path} (--overwrite redoes it)")
-        else:
-            todo.append((name, split))
+    todo = splits_to_convert(
+        SPLITS,
+        lambda name: os.path.join(args.root, f"ade20k_panoptic_{name}.json"),
+        args.overwrite,
+        "ADE20K panoptic",
+    )
     # Every input folder is checked before the first (long) split starts.
     for _, split in todo:
         require_inputs(args.root, split)

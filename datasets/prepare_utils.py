@@ -7,7 +7,7 @@ import argparse
 import json
 import os
 import shutil
-from typing import Callable, Iterable, Optional, Sequence, Tuple
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 
 from PIL import Image
 
@@ -19,6 +19,7 @@ __all__ = [
     "save_image",
     "save_json",
     "convert_all",
+    "splits_to_convert",
 ]
 
 
@@ -105,3 +106,20 @@ def convert_all(
         f"{what}: wrote {written}, kept {kept} existing"
         + (" (--overwrite redoes them)" if kept else "")
     )
+
+
+def splits_to_convert(
+    splits: Iterable[Tuple[str, str]], output: Callable[[str], str], overwrite: bool, what: str
+) -> List[Tuple[str, str]]:
+    """
+    The ``(name, split)`` pairs of `splits` to convert: all of them with `overwrite`, else those
+    whose output file ``output(name)`` does not exist yet (the others are reported as kept).
+    """
+    todo = []
+    for name, split in splits:
+        path = output(name)
+        if os.path.exists(path) and not overwrite:
+            print(f"{what} {name}: kept {path} (--overwrite redoes it)")
+        else:
+            todo.append((name, split))
+    return todo
