@@ -1,9 +1,14 @@
-"""Shared test helper: a temporary datasets root and catalog entries restored after each test."""
+"""
+Shared test helper: a temporary datasets root, catalog entries restored after each test, and the
+check of a loader's one-line error.
+"""
 
 import tempfile
 import unittest
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from semask_d2.data import DatasetError
 
 
 class CatalogTestCase(unittest.TestCase):
@@ -30,3 +35,14 @@ class CatalogTestCase(unittest.TestCase):
                 DatasetCatalog[name] = func
             if meta is not None:
                 MetadataCatalog[name] = meta
+
+    def assertDatasetError(self, name, *parts):
+        """Loading `name` raises a one-line DatasetError containing every string of `parts`."""
+        with self.assertRaises(DatasetError) as ctx:
+            DatasetCatalog.get(name)
+        message = str(ctx.exception)
+        self.assertNotIn("\n", message)
+        self.assertIn("Fix:", message)
+        for part in parts:
+            self.assertIn(part, message)
+        return message

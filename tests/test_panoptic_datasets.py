@@ -19,7 +19,6 @@ from detectron2.data.datasets import register_coco_instances, register_coco_pano
 from detectron2.structures import BoxMode
 
 import semask_d2  # noqa: F401  (registers the builtin datasets)
-from semask_d2.data import DatasetError
 from semask_d2.data.datasets import (
     ade20k_instance_metadata,
     coco_panoptic_metadata,
@@ -31,7 +30,7 @@ from semask_d2.data.datasets import (
 )
 from panopticapi.utils import id2rgb, rgb2id
 
-import catalog_fixtures
+from catalog_fixtures import CatalogTestCase
 from script_loader import load_script
 
 ADE_PANOPTIC = ["ade20k_panoptic_train", "ade20k_panoptic_val"]
@@ -92,19 +91,6 @@ def rle(mask):
 
 def loader_module(name):
     return getattr(DatasetCatalog.data[name], "__module__", "")
-
-
-class CatalogTestCase(catalog_fixtures.CatalogTestCase):
-    def assertDatasetError(self, name, *parts):
-        """Loading `name` raises a one-line DatasetError containing every string of `parts`."""
-        with self.assertRaises(DatasetError) as ctx:
-            DatasetCatalog.get(name)
-        message = str(ctx.exception)
-        self.assertNotIn("\n", message)
-        self.assertIn("Fix:", message)
-        for part in parts:
-            self.assertIn(part, message)
-        return message
 
 
 class TestADE20KPanoptic(CatalogTestCase):
