@@ -235,6 +235,24 @@ class MapperTestCase(unittest.TestCase):
         np.testing.assert_array_equal(gt_masks[:, :6, :8].numpy(), masks)
         self.assertFalse(gt_masks[:, 6:].any() or gt_masks[:, :, 8:].any())
 
+    def assert_random_flips(self, mapper, record, void_if_flipped, labels, classes, masks):
+        """
+        Of six outputs of `mapper` (whose only random step is a horizontal flip), some are
+        flipped and some not; each is `assert_padded_output` of (`labels`, `classes`, `masks`)
+        once unflipped. A flipped output is told by the label pixel `void_if_flipped` (y, x).
+        """
+        flips = set()
+        for _ in range(6):
+            out = mapper(record)
+            flipped = bool(out["sem_seg"][void_if_flipped] == X)
+            flips.add(flipped)
+            if flipped:
+                for key in ("image", "sem_seg"):
+                    out[key][..., :8] = out[key][..., :8].flip(-1)
+                out["instances"].gt_masks[..., :8] = out["instances"].gt_masks[..., :8].flip(-1)
+            self.assert_padded_output(out, labels, classes, masks)
+        self.assertEqual(flips, {False, True})
+
     def assert_one_line_error(self, mapper, record, *parts):
         with self.assertRaises(DatasetError) as ctx:
             mapper(record)
@@ -264,17 +282,10 @@ class TestMaskFormerPanopticDatasetMapper(MapperTestCase):
     def test_from_config_with_full_crop(self):
         mapper = build_dataset_mapper(self.cfg("mask_former_panoptic", crop=[6, 8], pad=8), True)
         self.assertIsInstance(mapper, MaskFormerPanopticDatasetMapper)
-        flips = set()
-        for _ in range(6):
-            out = mapper(self.panoptic)
-            flipped = bool(out["sem_seg"][4, 0] == X)  # void moved from the right to the left
-            flips.add(flipped)
-            if flipped:
-                for key in ("image", "sem_seg"):
-                    out[key][..., :8] = out[key][..., :8].flip(-1)
-                out["instances"].gt_masks[..., :8] = out["instances"].gt_masks[..., :8].flip(-1)
-            self.assert_padded_output(out, PANOPTIC_LABELS, PANOPTIC_CLASSES, PANOPTIC_MASKS)
-        self.assertEqual(flips, {False, True})
+        # Void moves from the right to the left.
+        self.assert_random_flips(
+            mapper, self.panoptic, (4, 0), PANOPTIC_LABELS, PANOPTIC_CLASSES, PANOPTIC_MASKS
+        )
 
     def test_semantic_file_gives_the_labels(self):
         labels = np.full((6, 8), 2, dtype=np.uint8)
@@ -363,17 +374,9 @@ class TestMaskFormerInstanceDatasetMapper(MapperTestCase):
     def test_from_config_with_full_crop(self):
         mapper = build_dataset_mapper(self.cfg("mask_former_instance", crop=[6, 8], pad=8), True)
         self.assertIsInstance(mapper, MaskFormerInstanceDatasetMapper)
-        flips = set()
-        for _ in range(6):
-            out = mapper(self.instance)
-            flipped = bool(out["sem_seg"][0, 0] == X)
-            flips.add(flipped)
-            if flipped:
-                for key in ("image", "sem_seg"):
-                    out[key][..., :8] = out[key][..., :8].flip(-1)
-                out["instances"].gt_masks[..., :8] = out["instances"].gt_masks[..., :8].flip(-1)
-            self.assert_padded_output(out, INSTANCE_LABELS, INSTANCE_CLASSES, INSTANCE_MASKS)
-        self.assertEqual(flips, {False, True})
+        self.assert_random_flips(
+            mapper, self.instance, (0, 0), INSTANCE_LABELS, INSTANCE_CLASSES, INSTANCE_MASKS
+        )
 
     def test_upscaled_masks_follow_the_image(self):
         cfg = self.cfg("mask_former_instance")
