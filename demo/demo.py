@@ -1,9 +1,10 @@
 """
-SeMask demo: segment images or a video and write overlays; with ``--prior-maps`` also write, for
-each backbone stage, the argmax of its semantic prior map blended over the image.
+SeMask demo: segment images or a video and write the semantic, panoptic or instance drawing
+(``--task``); with ``--prior-maps`` also write, for each backbone stage, the argmax of its
+semantic prior map blended over the image.
 
     python demo/demo.py --config-file CONFIG --input IMAGES_OR_FOLDER_OR_GLOB --output OUT \
-        [--prior-maps] [--opts MODEL.WEIGHTS model.pth ...]
+        [--task {semantic,panoptic,instance}] [--prior-maps] [--opts MODEL.WEIGHTS model.pth ...]
     python demo/demo.py --config-file CONFIG --video-input VIDEO --output OUT [--prior-maps]
 
 See ``demo/README.md`` for the file names written.
@@ -15,7 +16,7 @@ import logging
 import os
 import sys
 import time
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -24,16 +25,28 @@ import torch
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data.detection_utils import read_image
 from detectron2.utils.logger import setup_logger
-from detectron2.utils.video_visualizer import VideoVisualizer
-from detectron2.utils.visualizer import ColorMode
 
-from predictor import SeMaskPredictor, build_metadata, draw_prior_maps, draw_sem_seg
+from predictor import (
+    TASKS,
+    FrameDrawer,
+    SeMaskPredictor,
+    build_metadata,
+    draw_prediction,
+    draw_prior_maps,
+)
 from semask_d2 import add_semask_config
 from semask_d2.engine import ConfigError, WeightsError, merge_config
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # Written when the video does not report its frame rate.
 DEFAULT_FPS = 25.0
+# Meta-architectures whose inference returns, besides "sem_seg", "panoptic_seg" and "instances",
+# each when its MODEL.MASK_FORMER.TEST flag is on. Any other one returns "sem_seg" only.
+MASK_CLASSIFICATION_ARCHITECTURES = ("SeMaskMaskFormer",)
+# The MODEL.MASK_FORMER.TEST flag of each task, in the order the default task is chosen.
+TASK_FLAGS = {"panoptic": "PANOPTIC_ON", "instance": "INSTANCE_ON", "semantic": "SEMANTIC_ON"}
+
+logger = logging.getLogger("semask_demo")
 
 
 class DemoError(Exception):
@@ -49,6 +62,19 @@ def get_parser() -> argparse.ArgumentParser:
     )
     source.add_argument("--video-input", help="a video file OpenCV can read")
     parser.add_argument("--output", required=True, help="folder for the results (created)")
+    parser.add_argument(
+        "--task",
+        choices=TASKS,
+        help="what to draw (default: panoptic if MODEL.MASK_FORMER.TEST.PANOPTIC_ON, else "
+        "instance if INSTANCE_ON, else semantic; FPN models: semantic only)",
+    )
+    parser.add_argument(
+        "--confidence-threshold",
+        type=float,
+        default=0.5,
+        metavar="SCORE",
+        help="instance task: draw the instances scoring at least this (default: 0.5)",
+    )
     parser.add_argument(
         "--prior-maps", action="store_true", help="also write the per-stage prior-map overlays"
     )
@@ -68,10 +94,44 @@ def get_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def setup_cfg(args: argparse.Namespace) -> CfgNode:
+def default_task(cfg: CfgNode) -> str:
     """
-    Build the frozen config: file, then ``--opts``. ``MODEL.DEVICE`` is cuda when available,
-    else cpu, unless ``--opts`` sets it. An empty ``MODEL.WEIGHTS`` gives random weights.
+    Returns:
+        str: for a mask-classification model, the first of "panoptic", "instance" whose
+        ``MODEL.MASK_FORMER.TEST`` flag is on; otherwise "semantic".
+    """
+    if cfg.MODEL.META_ARCHITECTURE in MASK_CLASSIFICATION_ARCHITECTURES:
+        for task, flag in TASK_FLAGS.items():
+            if cfg.MODEL.MASK_FORMER.TEST[flag]:
+                return task
+    return "semantic"
+
+
+def enable_task(cfg: CfgNode, task: str) -> None:
+    """
+    Make the model of `cfg` return the output of `task`: a mask-classification model gets the
+    task's ``MODEL.MASK_FORMER.TEST`` flag on (the other outputs stay as configured); any other
+    model predicts semantic segmentation only, so another task is an error.
+    """
+    architecture = cfg.MODEL.META_ARCHITECTURE
+    if architecture in MASK_CLASSIFICATION_ARCHITECTURES:
+        cfg.MODEL.MASK_FORMER.TEST[TASK_FLAGS[task]] = True
+    elif task != "semantic":
+        raise DemoError(
+            f"--task {task}: MODEL.META_ARCHITECTURE {architecture} predicts semantic "
+            "segmentation only; use a SeMask-Mask2Former config"
+        )
+
+
+def setup_cfg(args: argparse.Namespace) -> Tuple[CfgNode, str]:
+    """
+    Build the frozen config: file, then ``--opts``, then the task's output turned on
+    (:func:`enable_task`). ``MODEL.DEVICE`` is cuda when available, else cpu, unless ``--opts``
+    sets it. An empty ``MODEL.WEIGHTS`` gives random weights.
+
+    Returns:
+        tuple[CfgNode, str]: the config and the task to draw (``--task`` or
+        :func:`default_task`).
     """
     if not os.path.isfile(args.config_file):
         raise DemoError(f"config file not found: {args.config_file}")
@@ -83,8 +143,10 @@ def setup_cfg(args: argparse.Namespace) -> CfgNode:
         raise DemoError(str(e)) from e
     if "MODEL.DEVICE" not in args.opts[::2]:
         cfg.MODEL.DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+    task = args.task or default_task(cfg)
+    enable_task(cfg, task)
     cfg.freeze()
-    return cfg
+    return cfg, task
 
 
 def _expand(pattern: str) -> List[str]:
@@ -163,7 +225,16 @@ def write_prior_maps(out_base: str, image_rgb: np.ndarray, priors: Dict[str, np.
 class Demo:
     """The predictor with what is needed to draw its results."""
 
-    def __init__(self, cfg: CfgNode, prior_maps: bool):
+    def __init__(
+        self, cfg: CfgNode, task: str, prior_maps: bool, confidence_threshold: float = 0.5
+    ):
+        """
+        Args:
+            cfg (CfgNode): from :func:`setup_cfg`, which turned the output of `task` on.
+            task (str): what to draw, one of ``TASKS``.
+            prior_maps (bool): also draw the prior maps.
+            confidence_threshold (float): instance task: the lowest score drawn.
+        """
         try:
             self.predictor = SeMaskPredictor(cfg)
         except WeightsError as e:
@@ -171,14 +242,29 @@ class Demo:
         self.metadata = build_metadata(cfg)
         if prior_maps and not self.predictor.prior_strides:
             raise DemoError("--prior-maps: this backbone has no prior maps (NUM_SEM_BLOCKS 0)")
+        if task == "panoptic" and not self.predictor.model.thing_ids:
+            logger.warning(
+                "panoptic: the model has no thing classes (DATASETS.TRAIN[0] has no "
+                "thing_dataset_id_to_contiguous_id); every segment is stuff"
+            )
+        self.task = task
         self.prior_maps = prior_maps
+        self.confidence_threshold = confidence_threshold
+
+    def predict(self, image_bgr: np.ndarray) -> Dict:
+        """The predictor's result, with the instances below the confidence threshold dropped."""
+        result = self.predictor(image_bgr)
+        if self.task == "instance":
+            instances = result["instances"]
+            result["instances"] = instances[instances.scores >= self.confidence_threshold]
+        return result
 
     def run_image(self, path: str, out_base: str) -> None:
         """Write ``<out_base>.png`` and, with prior maps, the files of :func:`write_prior_maps`."""
         image_bgr = _read_image(path)
-        result = self.predictor(image_bgr)
+        result = self.predict(image_bgr)
         image_rgb = image_bgr[:, :, ::-1]
-        _write_png(f"{out_base}.png", draw_sem_seg(image_rgb, result["sem_seg"], self.metadata))
+        _write_png(f"{out_base}.png", draw_prediction(self.task, image_rgb, result, self.metadata))
         if self.prior_maps:
             self._write_priors(out_base, image_rgb, result)
 
@@ -190,24 +276,24 @@ class Demo:
 
     def run_video(self, capture: cv2.VideoCapture, out_base: str, prior_every: int) -> int:
         """
-        Write ``<out_base>.mp4`` (mp4v) with the overlay of every frame and, with prior maps,
+        Write ``<out_base>.mp4`` (mp4v) with the drawing of every frame and, with prior maps,
         the prior files of every `prior_every`-th frame as ``<out_base>_<frame:06d>_...``.
 
         Returns:
             int: the number of frames written.
         """
         fps = capture.get(cv2.CAP_PROP_FPS) or DEFAULT_FPS
-        visualizer = VideoVisualizer(self.metadata, ColorMode.IMAGE)
+        draw = FrameDrawer(self.task, self.metadata)
         writer: Optional[cv2.VideoWriter] = None
         count = 0
         try:
             for frame_bgr in _frames(capture):
                 if writer is None:
                     writer = _open_writer(f"{out_base}.mp4", fps, frame_bgr.shape[:2])
-                result = self.predictor(frame_bgr)
+                result = self.predict(frame_bgr)
                 frame_rgb = frame_bgr[:, :, ::-1]
-                overlay = visualizer.draw_sem_seg(frame_rgb, result["sem_seg"]).get_image()
-                writer.write(np.ascontiguousarray(overlay[:, :, ::-1]))
+                drawing = draw(frame_rgb, result)
+                writer.write(np.ascontiguousarray(drawing[:, :, ::-1]))
                 if self.prior_maps and count % prior_every == 0:
                     self._write_priors(f"{out_base}_{count:06d}", frame_rgb, result)
                 count += 1
@@ -245,11 +331,15 @@ def _open_video(path: str, output_dir: str) -> cv2.VideoCapture:
     return capture
 
 
-def _run_video(args: argparse.Namespace, cfg: CfgNode, logger: logging.Logger) -> None:
+def _build_demo(args: argparse.Namespace, cfg: CfgNode, task: str) -> Demo:
+    return Demo(cfg, task, args.prior_maps, args.confidence_threshold)
+
+
+def _run_video(args: argparse.Namespace, cfg: CfgNode, task: str) -> None:
     capture = _open_video(args.video_input, args.output)
     try:
         _make_output_dir(args.output)
-        demo = Demo(cfg, args.prior_maps)
+        demo = _build_demo(args, cfg, task)
         stem = os.path.splitext(os.path.basename(args.video_input))[0]
         start = time.perf_counter()
         count = demo.run_video(capture, os.path.join(args.output, stem), args.prior_every)
@@ -258,11 +348,11 @@ def _run_video(args: argparse.Namespace, cfg: CfgNode, logger: logging.Logger) -
     logger.info("%s: %d frames in %.2fs", args.video_input, count, time.perf_counter() - start)
 
 
-def _run_images(args: argparse.Namespace, cfg: CfgNode, logger: logging.Logger) -> None:
+def _run_images(args: argparse.Namespace, cfg: CfgNode, task: str) -> None:
     # Inputs are checked before the (slow) model build.
     stems = resolve_inputs(args.input, args.output)
     _make_output_dir(args.output)
-    demo = Demo(cfg, args.prior_maps)
+    demo = _build_demo(args, cfg, task)
     for path, stem in stems.items():
         start = time.perf_counter()
         demo.run_image(path, os.path.join(args.output, stem))
@@ -280,15 +370,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = get_parser().parse_args(argv)
     # fvcore logs the weight loading (missing or unexpected keys).
     setup_logger(name="fvcore")
-    logger = setup_logger(name="semask_demo")
+    setup_logger(name=logger.name)
     try:
         if args.prior_every < 1:
             raise DemoError(f"--prior-every must be at least 1, got {args.prior_every}")
-        cfg = setup_cfg(args)
+        cfg, task = setup_cfg(args)
+        logger.info("task: %s", task)
         if args.video_input:
-            _run_video(args, cfg, logger)
+            _run_video(args, cfg, task)
         else:
-            _run_images(args, cfg, logger)
+            _run_images(args, cfg, task)
     except DemoError as e:
         print(f"demo.py: error: {e}", file=sys.stderr)
         return 2

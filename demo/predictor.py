@@ -1,10 +1,12 @@
 """
 Inference and drawing for ``demo/demo.py``: a :class:`DefaultPredictor` that also returns the
-SeMask prior maps of the same forward pass, and the images drawn from its results (segmentation
-overlay, prior-map overlays). Nothing here reads or writes files.
+SeMask prior maps of the same forward pass, and the images drawn from its results (semantic,
+panoptic or instance drawings by Detectron2's visualizers, prior-map overlays). Nothing here
+reads or writes files.
 """
 
-from typing import Dict, List, Tuple
+import contextlib
+from typing import Callable, Dict, Iterator, List, Tuple
 
 import numpy as np
 import torch
@@ -14,24 +16,33 @@ from detectron2.data import Metadata, MetadataCatalog
 from detectron2.data.transforms import ResizeShortestEdge
 from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model
+from detectron2.structures import BitMasks, Instances
 from detectron2.utils.colormap import colormap
-from detectron2.utils.visualizer import ColorMode, Visualizer
+from detectron2.utils.video_visualizer import VideoVisualizer
+from detectron2.utils.visualizer import ColorMode, VisImage, Visualizer
 
 from semask_d2.engine import build_checkpointer
 from semask_d2.modeling.semantic_prior import prior_features, stage_of_prior
 
 __all__ = [
+    "COLOR_SEED",
     "PRIOR_ALPHA",
+    "TASKS",
+    "FrameDrawer",
     "SeMaskPredictor",
     "blend_labels",
     "build_metadata",
+    "colors_from",
+    "draw_prediction",
     "draw_prior_maps",
-    "draw_sem_seg",
     "prior_labels_to_image",
 ]
 
 # Weight of the palette colour when a prior map is blended over the image.
 PRIOR_ALPHA = 0.5
+# Seed of the numpy generator Visualizer draws its random instance colours from (ColorMode.IMAGE):
+# the same image gives the same drawing on every run.
+COLOR_SEED = 0
 
 
 class SeMaskPredictor(DefaultPredictor):
@@ -76,8 +87,13 @@ class SeMaskPredictor(DefaultPredictor):
             image_bgr (ndarray): (H, W, 3) uint8 image in BGR order, as DefaultPredictor takes.
 
         Returns:
-            dict:
+            dict: the outputs the model returns, on the CPU:
                 * "sem_seg" (ndarray): (H, W) int64 predicted labels.
+                * "panoptic_seg" (tuple[Tensor, list[dict]]): the (H, W) int32 segment ids (0:
+                  no segment) and, per segment, "id", "isthing" and "category_id".
+                * "instances" (Instances): `pred_masks` (N, H, W), `scores`, `pred_classes`
+                  and `pred_boxes`, the masks' bounding boxes (the model leaves them zero).
+            and always:
                 * "priors" (dict[str, ndarray]): per ``resN_prior`` key, the (h, w) argmax over
                   the K classes of the prior logits, at the stride of that stage on the resized,
                   padded network input. Empty for a backbone without prior maps.
@@ -91,11 +107,25 @@ class SeMaskPredictor(DefaultPredictor):
         resized_size = ResizeShortestEdge.get_output_shape(
             height, width, self.cfg.INPUT.MIN_SIZE_TEST, self.cfg.INPUT.MAX_SIZE_TEST
         )
-        return {
-            "sem_seg": predictions["sem_seg"].argmax(dim=0).cpu().numpy(),
+        result = {
             "priors": {k: v[0].argmax(dim=0).cpu().numpy() for k, v in self._priors.items()},
             "resized_size": resized_size,
         }
+        if "sem_seg" in predictions:
+            result["sem_seg"] = predictions["sem_seg"].argmax(dim=0).cpu().numpy()
+        if "panoptic_seg" in predictions:
+            segment_ids, segments_info = predictions["panoptic_seg"]
+            result["panoptic_seg"] = (segment_ids.cpu(), segments_info)
+        if "instances" in predictions:
+            result["instances"] = _with_mask_boxes(predictions["instances"].to("cpu"))
+        return result
+
+
+def _with_mask_boxes(instances: Instances) -> Instances:
+    # Visualizer writes each label at its box and VideoVisualizer tracks instances by box:
+    # all-zero boxes would stack the labels in a corner and lose the instances between frames.
+    instances.pred_boxes = BitMasks(instances.pred_masks > 0).get_bounding_boxes()
+    return instances
 
 
 def _palette(num_classes: int) -> List[List[int]]:
@@ -105,48 +135,136 @@ def _palette(num_classes: int) -> List[List[int]]:
     return (colors + extra.tolist())[:num_classes]
 
 
+def _class_lists(source: Metadata, num_classes: int) -> str:
+    # The lists the model's contiguous ids index: the semantic classes (semantic and panoptic
+    # datasets, things included), else the thing classes (instance datasets, whose
+    # stuff_classes, when present, are those of another task).
+    for prefix in ("stuff", "thing"):
+        if len(source.get(f"{prefix}_classes", [])) == num_classes:
+            return prefix
+    return "stuff"
+
+
 def build_metadata(cfg: CfgNode) -> Metadata:
     """
     Class names and RGB colours for drawing, one per class of ``MODEL.SEM_SEG_HEAD.NUM_CLASSES``.
 
-    They come from the metadata of ``DATASETS.TEST[0]`` when it has enough of them; otherwise
-    "class <i>" and a fixed palette. A new object is returned: registered metadata stays as is
-    (Visualizer would otherwise pick random colours for a dataset without ``stuff_colors``).
+    They come from the metadata of ``DATASETS.TEST[0]``: its ``stuff_classes`` /
+    ``stuff_colors`` when there is one class per model class, else its ``thing_classes`` /
+    ``thing_colors`` (an instance dataset); otherwise, or for missing colours, "class <i>" and
+    a fixed palette. Both the ``stuff_*`` and the ``thing_*`` fields hold the same per-class
+    lists, indexed by contiguous class id: whether a segment is a thing comes from the
+    prediction (panoptic ``isthing``, from the model's ``thing_ids``; every instance is one).
+    A new object is returned: registered metadata stays as is (Visualizer would otherwise pick
+    random colours for a dataset without ``stuff_colors``).
 
     Args:
         cfg (CfgNode): the model config.
 
     Returns:
-        Metadata: with ``stuff_classes`` (list[str]) and ``stuff_colors`` (list of RGB tuples).
+        Metadata: with ``stuff_classes`` and ``thing_classes`` (list[str]), ``stuff_colors`` and
+        ``thing_colors`` (list of RGB tuples).
     """
     num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
     name = cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else "semask_demo"
     source = MetadataCatalog.get(name) if len(cfg.DATASETS.TEST) else Metadata()
-    classes = source.get("stuff_classes", [])
-    colors = source.get("stuff_colors", [])
-    if len(classes) < num_classes:
+    prefix = _class_lists(source, num_classes)
+    classes = source.get(f"{prefix}_classes", [])
+    colors = source.get(f"{prefix}_colors", [])
+    if len(classes) != num_classes:
         classes = [f"class {i}" for i in range(num_classes)]
-    if len(colors) < num_classes:
+    if len(colors) != num_classes:
         colors = _palette(num_classes)
+    classes = list(classes)
+    colors = [tuple(int(v) for v in c) for c in colors]
     return Metadata(
         name=name,
-        stuff_classes=list(classes[:num_classes]),
-        stuff_colors=[tuple(int(v) for v in c) for c in colors[:num_classes]],
+        stuff_classes=classes,
+        stuff_colors=colors,
+        thing_classes=classes,
+        thing_colors=colors,
     )
 
 
-def draw_sem_seg(image_rgb: np.ndarray, sem_seg: np.ndarray, metadata: Metadata) -> np.ndarray:
+@contextlib.contextmanager
+def colors_from(stream: np.random.RandomState) -> Iterator[None]:
+    """
+    Make `stream` numpy's global generator inside, where Visualizer draws its random colours;
+    `stream` advances, and the global generator is restored after.
+    """
+    outer = np.random.get_state()
+    np.random.set_state(stream.get_state())
+    try:
+        yield
+    finally:
+        stream.set_state(np.random.get_state())
+        np.random.set_state(outer)
+
+
+# What each task draws, from a result of SeMaskPredictor, with a Visualizer of one image.
+_IMAGE_DRAWERS: Dict[str, Callable[[Visualizer, Dict], VisImage]] = {
+    "semantic": lambda v, result: v.draw_sem_seg(result["sem_seg"]),
+    "panoptic": lambda v, result: v.draw_panoptic_seg(*result["panoptic_seg"]),
+    "instance": lambda v, result: v.draw_instance_predictions(result["instances"]),
+}
+# The same with a VideoVisualizer, which keeps the colour of an instance from frame to frame.
+_FRAME_DRAWERS: Dict[str, Callable[[VideoVisualizer, np.ndarray, Dict], VisImage]] = {
+    "semantic": lambda v, frame, result: v.draw_sem_seg(frame, result["sem_seg"]),
+    "panoptic": lambda v, frame, result: v.draw_panoptic_seg_predictions(
+        frame, *result["panoptic_seg"]
+    ),
+    "instance": lambda v, frame, result: v.draw_instance_predictions(frame, result["instances"]),
+}
+TASKS = tuple(_IMAGE_DRAWERS)
+
+
+def draw_prediction(
+    task: str, image_rgb: np.ndarray, result: Dict, metadata: Metadata
+) -> np.ndarray:
     """
     Args:
+        task (str): one of :data:`TASKS`: draws ``result["sem_seg"]`` (masks, edges, names),
+            ``result["panoptic_seg"]`` (stuff in its class colour, things in a shade of it,
+            names) or ``result["instances"]`` (masks, boxes, names and scores, random colours).
         image_rgb (ndarray): (H, W, 3) uint8 RGB image.
-        sem_seg (ndarray): (H, W) labels.
+        result (dict): the output of :class:`SeMaskPredictor` for that image.
         metadata (Metadata): from :func:`build_metadata`.
 
     Returns:
-        ndarray: (H, W, 3) uint8 RGB overlay drawn by :class:`Visualizer` (masks, edges, names).
+        ndarray: (H, W, 3) uint8 RGB drawing by :class:`Visualizer` (ColorMode.IMAGE), the
+        random colours drawn from numpy's generator seeded with :data:`COLOR_SEED`.
     """
     visualizer = Visualizer(image_rgb, metadata, instance_mode=ColorMode.IMAGE)
-    return visualizer.draw_sem_seg(sem_seg).get_image()
+    with colors_from(np.random.RandomState(COLOR_SEED)):
+        return _IMAGE_DRAWERS[task](visualizer, result).get_image()
+
+
+class FrameDrawer:
+    """:func:`draw_prediction` for the frames of one video, by :class:`VideoVisualizer`."""
+
+    def __init__(self, task: str, metadata: Metadata):
+        """
+        Args:
+            task (str): one of :data:`TASKS`.
+            metadata (Metadata): from :func:`build_metadata`.
+        """
+        self._draw = _FRAME_DRAWERS[task]
+        self._visualizer = VideoVisualizer(metadata, ColorMode.IMAGE)
+        # One stream for the whole video: each new instance gets the next random colour, not the
+        # first one again.
+        self._colors = np.random.RandomState(COLOR_SEED)
+
+    def __call__(self, frame_rgb: np.ndarray, result: Dict) -> np.ndarray:
+        """
+        Args:
+            frame_rgb (ndarray): (H, W, 3) uint8 RGB frame, the next of the video.
+            result (dict): the output of :class:`SeMaskPredictor` for that frame.
+
+        Returns:
+            ndarray: (H, W, 3) uint8 RGB drawing.
+        """
+        with colors_from(self._colors):
+            return self._draw(self._visualizer, frame_rgb, result).get_image()
 
 
 def _source_index(out_len: int, in_len: int) -> np.ndarray:

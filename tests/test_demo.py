@@ -1,4 +1,8 @@
-"""demo/demo.py on generated images and a generated video, with a tiny SeMask-FPN."""
+"""
+demo/demo.py on generated images and a generated video, with a tiny SeMask-FPN (semantic
+drawings, prior maps, errors) and a tiny SeMask-Mask2Former (semantic, panoptic and instance
+drawings).
+"""
 
 import contextlib
 import io
@@ -17,6 +21,8 @@ from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.data.detection_utils import read_image
 from detectron2.modeling import build_model
+from detectron2.utils.video_visualizer import VideoVisualizer
+from detectron2.utils.visualizer import ColorMode, Visualizer
 
 from semask_d2 import add_semask_config
 
@@ -26,7 +32,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_DIR = os.path.join(REPO, "demo")
 sys.path.insert(0, DEMO_DIR)
 import demo  # noqa: E402
-from predictor import PRIOR_ALPHA, SeMaskPredictor, build_metadata, draw_prior_maps  # noqa: E402
+from predictor import (  # noqa: E402
+    COLOR_SEED,
+    PRIOR_ALPHA,
+    SeMaskPredictor,
+    build_metadata,
+    draw_prior_maps,
+)
 
 FPN_T = os.path.join(
     REPO, "configs/ade20k/semantic-segmentation/semask_fpn/semask_fpn_swin_tiny_bs16_80k.yaml"
@@ -68,9 +80,9 @@ def write_inputs(folder):
     return images, video
 
 
-def write_weights(cfg, path):
+def write_weights(cfg, path, seed=0):
     """Seeded random weights, so that the demo and the test's own predictor agree."""
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     torch.save({"model": build_model(cfg).state_dict()}, path)
 
 
@@ -108,8 +120,8 @@ class TestDemo(unittest.TestCase):
         cls.opts = ["--opts", "MODEL.WEIGHTS", cls.weights, "MODEL.DEVICE", "cpu"]
         argv = ["--config-file", cls.config, "--input", cls.images, "--output", root]
         # The tiny config has no weights: build the model from it, then point MODEL.WEIGHTS at them.
-        write_weights(demo.setup_cfg(demo.get_parser().parse_args(argv)), cls.weights)
-        cls.cfg = demo.setup_cfg(demo.get_parser().parse_args(argv + cls.opts))
+        write_weights(demo.setup_cfg(demo.get_parser().parse_args(argv))[0], cls.weights)
+        cls.cfg, _ = demo.setup_cfg(demo.get_parser().parse_args(argv + cls.opts))
 
     @classmethod
     def tearDownClass(cls):
@@ -237,6 +249,8 @@ class TestDemo(unittest.TestCase):
             "Non-existent key: MODEL.NOPE": ["--input", self.images]
             + self.opts
             + ["MODEL.NOPE", "1"],
+            "--task panoptic: MODEL.META_ARCHITECTURE SemanticSegmentor predicts semantic "
+            "segmentation only": ["--input", self.images, "--task", "panoptic"],
         }
         for message, argv in cases.items():
             with self.subTest(message):
@@ -260,10 +274,182 @@ class TestDemo(unittest.TestCase):
             MetadataCatalog.pop(name)
         self.assertEqual(metadata.stuff_colors, colors)
         self.assertEqual(metadata.stuff_classes, list("abcde"))
+        # Panoptic and instance drawings index the same lists by contiguous id.
+        self.assertEqual(metadata.thing_colors, colors)
+        self.assertEqual(metadata.thing_classes, list("abcde"))
         # Without a test dataset: K distinct fixed colours.
         fallback = build_metadata(self.cfg)
         self.assertEqual(len(set(fallback.stuff_colors)), NUM_CLASSES)
         self.assertEqual(fallback.stuff_colors, build_metadata(self.cfg).stuff_colors)
+        self.assertEqual(fallback.thing_classes, [f"class {i}" for i in range(NUM_CLASSES)])
+
+    def test_metadata_of_an_instance_dataset_are_its_thing_classes(self):
+        """As Cityscapes instance: the semantic classes (more) are not the model's classes."""
+        name = "_semask_demo_instance_test"
+        colors = [(i, 0, 255 - i) for i in range(NUM_CLASSES)]
+        MetadataCatalog.get(name).set(
+            stuff_classes=[f"stuff {i}" for i in range(NUM_CLASSES + 3)],
+            thing_classes=list("vwxyz"),
+            thing_colors=colors,
+        )
+        try:
+            cfg = self.cfg.clone()
+            cfg.defrost()
+            cfg.DATASETS.TEST = (name,)
+            metadata = build_metadata(cfg)
+        finally:
+            MetadataCatalog.pop(name)
+        self.assertEqual(metadata.thing_classes, list("vwxyz"))
+        self.assertEqual(metadata.stuff_classes, list("vwxyz"))
+        self.assertEqual(metadata.thing_colors, colors)
+
+
+# The training set whose metadata gives SeMaskMaskFormer its thing classes (contiguous 1 and 3).
+THINGS_DATASET = "_semask_demo_things"
+THING_IDS = [1, 3]
+# With these random weights the queries predict things and stuff on the test image and frame.
+M2F_SEED = 4
+# The tiny Mask2Former: instance output on, panoptic off (the demo turns it on for --task);
+# random queries score far below the recipe's panoptic thresholds (0.8), hence 0.
+TINY_M2F_DEMO = {
+    "MODEL": {
+        "WEIGHTS": "",
+        "SEM_SEG_HEAD": {"NUM_CLASSES": NUM_CLASSES},
+        "MASK_FORMER": {
+            "TEST": {
+                "INSTANCE_ON": True,
+                "PANOPTIC_ON": False,
+                "OBJECT_MASK_THRESHOLD": 0.0,
+                "OVERLAP_THRESHOLD": 0.0,
+            }
+        },
+    },
+    "INPUT": {"MIN_SIZE_TEST": 64, "MAX_SIZE_TEST": 128},
+    "DATASETS": {"TRAIN": [THINGS_DATASET], "TEST": []},
+}
+
+
+class TestMaskFormerTasks(unittest.TestCase):
+    """--task on a tiny SeMask-Mask2Former: each drawing is Visualizer's for the predictions."""
+
+    @classmethod
+    def setUpClass(cls):
+        MetadataCatalog.get(THINGS_DATASET).set(
+            thing_dataset_id_to_contiguous_id={11: THING_IDS[0], 13: THING_IDS[1]}
+        )
+        cls.tmp = tempfile.TemporaryDirectory()
+        root = cls.tmp.name
+        cls.images, cls.video = write_inputs(root)
+        cls.config = write_tiny_config(os.path.join(root, "tiny.yaml"), M2F_T, TINY_M2F_DEMO)
+        cls.weights = os.path.join(root, "weights.pth")
+        cfg, _ = cls.setup(["--task", "panoptic"], weights="")
+        write_weights(cfg, cls.weights, seed=M2F_SEED)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+        MetadataCatalog.pop(THINGS_DATASET)
+
+    @classmethod
+    def argv(cls, extra, output="out", weights=None):
+        weights = cls.weights if weights is None else weights
+        base = ["--config-file", cls.config, "--output", os.path.join(cls.tmp.name, output)]
+        return base + extra + ["--opts", "MODEL.WEIGHTS", weights, "MODEL.DEVICE", "cpu"]
+
+    @classmethod
+    def setup(cls, extra, **kwargs):
+        args = ["--input", cls.images] + extra
+        return demo.setup_cfg(demo.get_parser().parse_args(cls.argv(args, **kwargs)))
+
+    def test_default_task_follows_the_config_flags(self):
+        cfg = get_cfg()
+        add_semask_config(cfg)
+        cfg.MODEL.META_ARCHITECTURE = "SeMaskMaskFormer"
+        flags = cfg.MODEL.MASK_FORMER.TEST
+        flags.SEMANTIC_ON, flags.INSTANCE_ON, flags.PANOPTIC_ON = False, False, False
+        self.assertEqual(demo.default_task(cfg), "semantic")
+        flags.INSTANCE_ON = True
+        self.assertEqual(demo.default_task(cfg), "instance")
+        flags.PANOPTIC_ON = True
+        self.assertEqual(demo.default_task(cfg), "panoptic")
+        # An FPN model predicts semantic segmentation whatever the Mask2Former flags say.
+        cfg.MODEL.META_ARCHITECTURE = "SemanticSegmentor"
+        self.assertEqual(demo.default_task(cfg), "semantic")
+
+    def predict(self, extra, task, image_bgr):
+        """The config the demo builds for `extra`, and its predictor's result for the image."""
+        cfg, chosen = self.setup(extra)
+        self.assertEqual(chosen, task)
+        self.assertTrue(cfg.MODEL.MASK_FORMER.TEST[demo.TASK_FLAGS[task]])
+        return cfg, SeMaskPredictor(cfg)(image_bgr)
+
+    def test_each_task_draws_the_predictions_with_visualizer(self):
+        path = os.path.join(self.images, "odd.jpg")
+        image_bgr = read_image(path, format="BGR")
+        image_rgb = image_bgr[:, :, ::-1]
+        # semantic and panoptic chosen (panoptic off in the config); instance is the default.
+        for task, extra in [
+            ("semantic", ["--task", "semantic"]),
+            ("panoptic", ["--task", "panoptic"]),
+            ("instance", []),
+        ]:
+            with self.subTest(task):
+                cfg, result = self.predict(extra, task, image_bgr)
+                threshold = 0.0
+                if task == "instance":
+                    # Between two scores: the demo draws some instances and drops others.
+                    scores = result["instances"].scores.sort(descending=True).values
+                    threshold = float(scores[2] + scores[3]) / 2
+                    kept = result["instances"].scores >= threshold
+                    self.assertEqual(int(kept.sum()), 3)
+                    result["instances"] = result["instances"][kept]
+                if task == "panoptic":
+                    segment_ids, segments_info = result["panoptic_seg"]
+                    self.assertEqual(segment_ids.shape, IMAGE_SIZES["odd.jpg"])
+                    # Things (classes 1 and 3) and stuff, each covering pixels.
+                    self.assertEqual({s["isthing"] for s in segments_info}, {True, False})
+                    for segment in segments_info:
+                        self.assertEqual(segment["isthing"], segment["category_id"] in THING_IDS)
+                        self.assertTrue((segment_ids == segment["id"]).any())
+                metadata = build_metadata(cfg)
+                visualizer = Visualizer(image_rgb, metadata, instance_mode=ColorMode.IMAGE)
+                np.random.seed(COLOR_SEED)
+                if task == "semantic":
+                    expected = visualizer.draw_sem_seg(result["sem_seg"])
+                elif task == "panoptic":
+                    expected = visualizer.draw_panoptic_seg(*result["panoptic_seg"])
+                else:
+                    expected = visualizer.draw_instance_predictions(result["instances"])
+                expected = expected.get_image()
+                self.assertFalse((expected == image_rgb).all())
+
+                argv = ["--input", path, "--confidence-threshold", str(threshold)] + extra
+                code, err = run_main(self.argv(argv, output=task))
+                self.assertEqual(code, 0, err)
+                out = os.path.join(self.tmp.name, task)
+                self.assertEqual(os.listdir(out), ["odd.png"])
+                drawn = read_png(os.path.join(out, "odd.png"))
+                self.assertEqual(drawn.shape, IMAGE_SIZES["odd.jpg"] + (3,))
+                np.testing.assert_array_equal(drawn, expected)
+
+    def test_video_draws_the_panoptic_task_per_frame(self):
+        code, err = run_main(self.argv(["--video-input", self.video, "--task", "panoptic"]))
+        self.assertEqual(code, 0, err)
+        frames = read_video(os.path.join(self.tmp.name, "out", "clip.mp4"))
+        self.assertEqual(len(frames), VIDEO_FRAMES)
+        self.assertEqual(frames[0].shape, VIDEO_SIZE + (3,))
+        # The mp4v codec is lossy: the first frame is near VideoVisualizer's drawing of the
+        # predictions, farther from the plain frame.
+        first_bgr = read_video(self.video)[0]
+        cfg, result = self.predict(["--task", "panoptic"], "panoptic", first_bgr)
+        visualizer = VideoVisualizer(build_metadata(cfg), ColorMode.IMAGE)
+        np.random.seed(COLOR_SEED)
+        first_rgb = first_bgr[:, :, ::-1]
+        expected = visualizer.draw_panoptic_seg_predictions(first_rgb, *result["panoptic_seg"])
+        written = frames[0][:, :, ::-1].astype(np.float64)
+        to_drawing = np.abs(written - expected.get_image()).mean()
+        to_frame = np.abs(written - first_rgb).mean()
+        self.assertLess(to_drawing, to_frame / 2, (to_drawing, to_frame))
 
 
 class TestMaskFormerPriorMaps(unittest.TestCase):
