@@ -17,3 +17,4 @@ from .instance_json import load_coco_instances_checked, register_coco_instances_
 from .panoptic_json import load_panoptic_json, register_panoptic_json
 from .sem_seg import load_sem_seg_pairs, register_sem_seg_dataset, unregister
 from .synthetic_shapes import register_semask_shapes
+from .synthetic_shapes_panoptic import register_semask_shapes_panoptic

@@ -16,6 +16,7 @@ from .cityscapes_panoptic import register_all_cityscapes_panoptic
 from .coco_panoptic import register_all_coco_panoptic
 from .coco_stuff_10k import register_all_coco_stuff_10k
 from .synthetic_shapes import register_semask_shapes
+from .synthetic_shapes_panoptic import register_semask_shapes_panoptic
 
 __all__ = ["default_root", "register_all_builtin"]
 
@@ -45,6 +46,7 @@ def register_all_builtin(root: Optional[str] = None) -> None:
     register_all_cityscapes_panoptic(root)
     register_all_cityscapes_instance(root)
     register_semask_shapes(root)
+    register_semask_shapes_panoptic(root)
 
 
 register_all_builtin()

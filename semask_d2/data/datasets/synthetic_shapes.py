@@ -50,10 +50,16 @@ __all__ = [
     "SHAPES_COLORS",
     "SHAPES_FOLDER",
     "SHAPES_SPLITS",
+    "ensure_generated",
     "ensure_semask_shapes",
     "generate_semask_shapes",
+    "mark_complete",
+    "noise_background",
     "register_semask_shapes",
     "render_sample",
+    "shape_fill",
+    "shape_mask",
+    "split_key",
 ]
 
 logger = logging.getLogger(__name__)
@@ -78,7 +84,6 @@ _SEED = 0
 _VERSION = 2
 _IGNORE = 255
 _MARKER = "COMPLETE"
-_PARTIAL = f".{SHAPES_FOLDER}.partial-"
 
 # Object fill colours (RGB): red, green, blue, yellow, purple, cyan.
 _PALETTE = np.array(
@@ -148,12 +153,8 @@ def ensure_semask_shapes(
     seed: int = _SEED,
 ) -> bool:
     """
-    Make `folder` hold the dataset of these parameters, generating it atomically if needed.
-
-    The dataset is written into ``.semask_shapes.partial-<pid>`` next to `folder`, then renamed
-    to `folder`. Partial folders of processes that no longer run are removed. When several
-    processes (DDP ranks) generate at once, the first rename wins and the others discard their
-    copy, which is identical.
+    Make `folder` hold the dataset of these parameters, generating it atomically if needed
+    (:func:`ensure_generated`).
 
     Args:
         folder (str): the dataset folder, ``<root>/semask_shapes``.
@@ -166,25 +167,65 @@ def ensure_semask_shapes(
         DatasetError: the parent folder cannot be written.
     """
     spec = _spec(dict(SHAPES_SPLITS if splits is None else splits), image_size, seed)
+    return ensure_generated(
+        folder,
+        spec,
+        lambda partial: generate_semask_shapes(partial, **_spec_arguments(spec)),
+        _describe(spec),
+    )
+
+
+def ensure_generated(
+    folder: str, spec: Dict, generate: Callable[[str], None], description: str
+) -> bool:
+    """
+    Make `folder` hold the generated dataset that `spec` describes, generating it atomically
+    if needed. The dataset is complete when its ``COMPLETE`` file holds `spec`.
+
+    The dataset is written into ``.<folder name>.partial-<pid>-*`` next to `folder`, then
+    renamed to `folder`. Partial folders of processes that no longer run are removed. When
+    several processes (DDP ranks) generate at once, the first rename wins and the others
+    discard their copy, which is identical.
+
+    Args:
+        folder (str): the dataset folder, e.g. ``<root>/semask_shapes``.
+        spec (dict): the generation parameters (JSON-serializable).
+        generate (callable): writes the dataset into the empty folder it is given, ending with
+            :func:`mark_complete` of `spec`.
+        description (str): the parameters in words, for the log.
+
+    Returns:
+        bool: True when this call generated the dataset.
+
+    Raises:
+        DatasetError: the parent folder cannot be written.
+    """
     if _is_complete(folder, spec):
         return False
-    parent = os.path.dirname(os.path.abspath(folder))
+    parent, name = os.path.split(os.path.abspath(folder))
+    prefix = f".{name}.partial-"
     try:
         os.makedirs(parent, exist_ok=True)
-        _remove_stale_partials(parent)
-        partial = tempfile.mkdtemp(prefix=f"{_PARTIAL}{os.getpid()}-", dir=parent)
+        _remove_stale_partials(parent, prefix)
+        partial = tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent)
     except OSError as e:
         raise DatasetError(
             f"cannot create the generated dataset {folder} ({e}). Fix: make {parent} writable, "
             "or set $DETECTRON2_DATASETS to a writable folder."
         ) from e
     try:
-        logger.info("Generating %s (%s) ...", folder, _describe(spec))
-        generate_semask_shapes(partial, **_spec_arguments(spec))
-        _move_into_place(partial, folder, spec)
+        logger.info("Generating %s (%s) ...", folder, description)
+        generate(partial)
+        _move_into_place(partial, folder, spec, prefix)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return True
+
+
+def mark_complete(folder: str, spec: Dict) -> None:
+    """Write the ``COMPLETE`` record of `spec` into `folder`: the last file of a generation."""
+    with open(os.path.join(folder, _MARKER), "w") as f:
+        json.dump(spec, f, sort_keys=True)
 
 
 def generate_semask_shapes(
@@ -210,13 +251,12 @@ def generate_semask_shapes(
         os.makedirs(label_dir)
         for index in range(count):
             # The split's name, not its position, seeds it: adding a split changes no file.
-            rng = np.random.default_rng([seed, _split_key(split), index])
+            rng = np.random.default_rng([seed, split_key(split), index])
             image, label = render_sample(rng, image_size)
             filename = f"{index:04d}.png"
             Image.fromarray(image).save(os.path.join(image_dir, filename))
             Image.fromarray(label).save(os.path.join(label_dir, filename))
-    with open(os.path.join(folder, _MARKER), "w") as f:
-        json.dump(_spec(splits, image_size, seed), f, sort_keys=True)
+    mark_complete(folder, _spec(splits, image_size, seed))
 
 
 def render_sample(rng: np.random.Generator, size: int):
@@ -231,7 +271,7 @@ def render_sample(rng: np.random.Generator, size: int):
         tuple[np.ndarray, np.ndarray]: (size, size, 3) uint8 RGB image, (size, size) uint8 label
         with values 0..5 and 255.
     """
-    image = _background(rng, size)
+    image = noise_background(rng, size)
     label = np.zeros((size, size), dtype=np.uint8)
     classes = rng.integers(1, len(SHAPES_CLASSES), size=rng.integers(2, 5))
     for cls in classes:
@@ -243,8 +283,8 @@ def render_sample(rng: np.random.Generator, size: int):
             for c in (cy, cx)
         )
         ys, xs = np.mgrid[box].astype(np.float32) + 0.5
-        mask = _shape_mask(int(cls), xs - cx, ys - cy, radius, rng)
-        image[box][mask] = _fill(int(cls), xs, ys, rng)[mask]
+        mask = shape_mask(int(cls), xs - cx, ys - cy, radius, rng)
+        image[box][mask] = shape_fill(int(cls), xs, ys, rng)[mask]
         label[box][mask] = cls
     if rng.random() < 0.3:
         # Clutter that belongs to no class: a plain cross, labelled ignore.
@@ -260,8 +300,14 @@ def render_sample(rng: np.random.Generator, size: int):
     return np.clip(image, 0, 255).round().astype(np.uint8), _ignore_boundaries(label)
 
 
-def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    # A palette colour mixed with grey, modulated by bilinearly upsampled 5x5 noise.
+def noise_background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """
+    Smooth low-saturation noise: a palette colour mixed with grey, modulated by bilinearly
+    upsampled 5x5 noise.
+
+    Returns:
+        np.ndarray: (size, size, 3) float32 RGB, roughly 0-255 (not clipped).
+    """
     tint = 0.35 * _PALETTE[rng.integers(len(_PALETTE))] + 0.65 * rng.uniform(60, 160)
     coarse = rng.uniform(-35, 35, size=(5, 5)).astype(np.float32)
     grid = np.linspace(0, 4, size, dtype=np.float32)
@@ -272,7 +318,19 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return tint[None, None, :] + field[:, :, None]
 
 
-def _shape_mask(cls: int, dx: np.ndarray, dy: np.ndarray, radius: float, rng) -> np.ndarray:
+def shape_mask(cls: int, dx: np.ndarray, dy: np.ndarray, radius: float, rng) -> np.ndarray:
+    """
+    The pixels of one shape at a random rotation.
+
+    Args:
+        cls (int): the shape's class id in :data:`SHAPES_CLASSES` (1..5).
+        dx, dy (np.ndarray): (h, w) offsets of the pixel centres from the shape's centre.
+        radius (float): the disc's radius; the other shapes have about its area.
+        rng (np.random.Generator): draws the rotation.
+
+    Returns:
+        np.ndarray: (h, w) bool.
+    """
     angle = rng.uniform(0, 2 * np.pi)
     if cls in (_DISC, _STRIPED_DISC):
         return dx**2 + dy**2 <= radius**2
@@ -291,7 +349,18 @@ def _shape_mask(cls: int, dx: np.ndarray, dy: np.ndarray, radius: float, rng) ->
     return mask
 
 
-def _fill(cls: int, xs: np.ndarray, ys: np.ndarray, rng) -> np.ndarray:
+def shape_fill(cls: int, xs: np.ndarray, ys: np.ndarray, rng) -> np.ndarray:
+    """
+    The colours of one shape: a plain colour of its class, or random stripes.
+
+    Args:
+        cls (int): the shape's class id in :data:`SHAPES_CLASSES` (1..5).
+        xs, ys (np.ndarray): (h, w) pixel centres, for the stripes.
+        rng (np.random.Generator): draws the colours (and the stripes).
+
+    Returns:
+        np.ndarray: (h, w, 3) float32 RGB.
+    """
     if cls != _STRIPED_DISC:
         colour = _PALETTE[rng.choice(_CLASS_COLORS[cls])] * rng.uniform(0.8, 1.15)
         return np.broadcast_to(colour, xs.shape + (3,))
@@ -316,8 +385,8 @@ def _ignore_boundaries(label: np.ndarray) -> np.ndarray:
     return out
 
 
-def _split_key(split: str) -> int:
-    # A stable integer per split name (Python's hash() is salted per process).
+def split_key(split: str) -> int:
+    """A stable integer per split name, for seeds (Python's hash() is salted per process)."""
     return int.from_bytes(split.encode(), "little") % (2**32)
 
 
@@ -347,14 +416,12 @@ def _is_complete(folder: str, spec: Dict) -> bool:
         return False
 
 
-def _move_into_place(partial: str, folder: str, spec: Dict) -> None:
+def _move_into_place(partial: str, folder: str, spec: Dict, prefix: str) -> None:
     if os.path.lexists(folder):
         if _is_complete(folder, spec):
             return  # another process finished first
         # Incomplete or stale: move it aside atomically, then delete it.
-        stale = tempfile.mkdtemp(
-            prefix=f"{_PARTIAL}{os.getpid()}-old-", dir=os.path.dirname(partial)
-        )
+        stale = tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-old-", dir=os.path.dirname(partial))
         try:
             os.replace(folder, os.path.join(stale, "old"))
             logger.info("Replacing incomplete or outdated %s", folder)
@@ -370,11 +437,11 @@ def _move_into_place(partial: str, folder: str, spec: Dict) -> None:
     logger.info("Generated %s", folder)
 
 
-def _remove_stale_partials(parent: str) -> None:
+def _remove_stale_partials(parent: str, prefix: str) -> None:
     for entry in os.listdir(parent):
-        if not entry.startswith(_PARTIAL):
+        if not entry.startswith(prefix):
             continue
-        pid = entry[len(_PARTIAL) :].split("-", 1)[0]
+        pid = entry[len(prefix) :].split("-", 1)[0]
         if pid.isdigit() and not _process_exists(int(pid)):
             logger.info("Removing %s, left by an interrupted generation", entry)
             shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
