@@ -2,7 +2,10 @@
 """
 Draw images, ground truth and predictions of a trained model side by side, one image per row,
 classes coloured with the dataset's ``stuff_colors`` (detectron2 ``Visualizer.draw_sem_seg``;
-ignored pixels are left uncoloured).
+ignored pixels are left uncoloured). When the model returns panoptic segments
+(MODEL.MASK_FORMER.TEST.PANOPTIC_ON) and the dataset has panoptic ground truth, both are drawn
+as panoptic segments instead (``Visualizer.draw_panoptic_seg``: stuff in its class colour,
+each thing instance in a shade of its class's ``thing_colors``).
 
 Example (what ``dev/quickstart.sh`` runs after training):
 
@@ -19,6 +22,7 @@ from typing import List, Optional
 
 import numpy as np
 import torch
+from panopticapi.utils import rgb2id
 from PIL import Image, ImageDraw
 
 from detectron2.checkpoint import DetectionCheckpointer
@@ -61,25 +65,41 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def predict(model: torch.nn.Module, mapper, record: dict) -> np.ndarray:
+def predict(model: torch.nn.Module, mapper, record: dict) -> dict:
     """
     Returns:
-        np.ndarray: (H, W) int64 class ids at the record's size.
+        dict: the model's output at the record's size: "sem_seg" (K, H, W) scores, and
+        "panoptic_seg" / "instances" when its config turns them on.
     """
     with torch.no_grad():
-        output = model([mapper(record)])[0]["sem_seg"]
-    return output.argmax(dim=0).cpu().numpy()
+        return model([mapper(record)])[0]
 
 
-def draw_row(image: np.ndarray, label: np.ndarray, prediction: np.ndarray, metadata, scale: float):
+def draw_row(image: np.ndarray, record: dict, output: dict, metadata, scale: float):
     """
+    Args:
+        image (np.ndarray): (H, W, 3) uint8 RGB.
+        record (dict): the image's dataset record (its ground truth).
+        output (dict): :func:`predict`'s output for it.
+
     Returns:
         list[np.ndarray]: the three (H', W', 3) uint8 RGB panels of :data:`COLUMNS`.
     """
+    if "panoptic_seg" in output and "pan_seg_file_name" in record:
+        colors = read_image(record["pan_seg_file_name"], format="RGB")
+        segments = [
+            (torch.from_numpy(rgb2id(colors)), record["segments_info"]),
+            output["panoptic_seg"],
+        ]
+        draw = Visualizer.draw_panoptic_seg
+    else:
+        label = read_image(record["sem_seg_file_name"])
+        segments = [(label,), (output["sem_seg"].argmax(dim=0).cpu().numpy(),)]
+        draw = Visualizer.draw_sem_seg
     panels = [Visualizer(image, metadata, scale=scale).output.get_image()]
-    for sem_seg in (label, prediction):
+    for arguments in segments:
         visualizer = Visualizer(image, metadata, scale=scale)
-        panels.append(visualizer.draw_sem_seg(sem_seg, alpha=0.7).get_image())
+        panels.append(draw(visualizer, *arguments, alpha=0.7).get_image())
     return panels
 
 
@@ -121,8 +141,7 @@ def main(argv: Optional[List[str]] = None) -> str:
     rows = []
     for record in DatasetCatalog.get(dataset)[: args.num_images]:
         image = read_image(record["file_name"], format="RGB")
-        label = read_image(record["sem_seg_file_name"])
-        rows.append(draw_row(image, label, predict(model, mapper, record), metadata, args.scale))
+        rows.append(draw_row(image, record, predict(model, mapper, record), metadata, args.scale))
     if not rows:
         raise SystemExit(f"error: dataset '{dataset}' has no images")
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
