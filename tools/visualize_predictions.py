@@ -85,19 +85,21 @@ def draw_row(image: np.ndarray, record: dict, output: dict, metadata, scale: flo
     Returns:
         list[np.ndarray]: the three (H', W', 3) uint8 RGB panels of :data:`COLUMNS`.
     """
+    # The arguments of `draw` for the ground truth and for the prediction.
     if "panoptic_seg" in output and "pan_seg_file_name" in record:
         colors = read_image(record["pan_seg_file_name"], format="RGB")
-        segments = [
+        truth_and_prediction = [
             (torch.from_numpy(rgb2id(colors)), record["segments_info"]),
             output["panoptic_seg"],
         ]
         draw = Visualizer.draw_panoptic_seg
     else:
         label = read_image(record["sem_seg_file_name"])
-        segments = [(label,), (output["sem_seg"].argmax(dim=0).cpu().numpy(),)]
+        prediction = output["sem_seg"].argmax(dim=0).cpu().numpy()
+        truth_and_prediction = [(label,), (prediction,)]
         draw = Visualizer.draw_sem_seg
     panels = [Visualizer(image, metadata, scale=scale).output.get_image()]
-    for arguments in segments:
+    for arguments in truth_and_prediction:
         visualizer = Visualizer(image, metadata, scale=scale)
         panels.append(draw(visualizer, *arguments, alpha=0.7).get_image())
     return panels
