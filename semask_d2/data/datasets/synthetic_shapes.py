@@ -117,7 +117,7 @@ def register_semask_shapes(
     """
     splits = dict(SHAPES_SPLITS if splits is None else splits)
     folder = os.path.join(root, SHAPES_FOLDER)
-    spec = _spec(splits, image_size, seed)
+    spec = generation_spec(splits, image_size, seed)
     for split in splits:
         name = f"semask_shapes_{split}"
         register_sem_seg_dataset(
@@ -131,18 +131,22 @@ def register_semask_shapes(
             gt_ext="png",
             fix_hint="delete the folder to have it generated again",
         )
-        # Keep the helper's checked loader; generate the files before it runs.
-        load = DatasetCatalog[name]
-        DatasetCatalog.remove(name)
-        DatasetCatalog.register(name, _generating_loader(folder, spec, load))
+        generate_before_loading(name, ensure_semask_shapes, folder, spec)
 
 
-def _generating_loader(folder: str, spec: Dict, load: Callable[[], List[Dict]]):
+def generate_before_loading(name: str, ensure: Callable[..., bool], folder: str, spec: Dict):
+    """
+    Keep the registered (checked) loader of dataset `name`, but make it first call
+    ``ensure(folder, splits=..., image_size=..., seed=...)`` with the parameters of `spec`.
+    """
+    load = DatasetCatalog[name]
+    DatasetCatalog.remove(name)
+
     def generate_then_load() -> List[Dict]:
-        ensure_semask_shapes(folder, **_spec_arguments(spec))
+        ensure(folder, **spec_arguments(spec))
         return load()
 
-    return generate_then_load
+    DatasetCatalog.register(name, generate_then_load)
 
 
 def ensure_semask_shapes(
@@ -166,11 +170,11 @@ def ensure_semask_shapes(
     Raises:
         DatasetError: the parent folder cannot be written.
     """
-    spec = _spec(dict(SHAPES_SPLITS if splits is None else splits), image_size, seed)
+    spec = generation_spec(dict(SHAPES_SPLITS if splits is None else splits), image_size, seed)
     return ensure_generated(
         folder,
         spec,
-        lambda partial: generate_semask_shapes(partial, **_spec_arguments(spec)),
+        lambda partial: generate_semask_shapes(partial, **spec_arguments(spec)),
         _describe(spec),
     )
 
@@ -256,7 +260,7 @@ def generate_semask_shapes(
             filename = f"{index:04d}.png"
             Image.fromarray(image).save(os.path.join(image_dir, filename))
             Image.fromarray(label).save(os.path.join(label_dir, filename))
-    mark_complete(folder, _spec(splits, image_size, seed))
+    mark_complete(folder, generation_spec(splits, image_size, seed))
 
 
 def render_sample(rng: np.random.Generator, size: int):
@@ -390,16 +394,20 @@ def split_key(split: str) -> int:
     return int.from_bytes(split.encode(), "little") % (2**32)
 
 
-def _spec(splits: Dict[str, int], image_size: int, seed: int) -> Dict:
+def generation_spec(
+    splits: Dict[str, int], image_size: int, seed: int, version: int = _VERSION
+) -> Dict:
+    """The parameters a generated dataset folder is made from (compared on reuse)."""
     return {
-        "version": _VERSION,
+        "version": version,
         "splits": {k: int(v) for k, v in sorted(splits.items())},
         "image_size": int(image_size),
         "seed": int(seed),
     }
 
 
-def _spec_arguments(spec: Dict) -> Dict:
+def spec_arguments(spec: Dict) -> Dict:
+    """The keyword arguments of the generator for `spec`."""
     return {"splits": spec["splits"], "image_size": spec["image_size"], "seed": spec["seed"]}
 
 

@@ -44,16 +44,18 @@ import pycocotools.mask as mask_util
 from panopticapi.utils import id2rgb
 from PIL import Image
 
-from detectron2.data import DatasetCatalog
 
 from .panoptic_json import SemSegFiles, register_panoptic_json
 from .synthetic_shapes import (
     SHAPES_CLASSES,
     ensure_generated,
+    generate_before_loading,
+    generation_spec,
     mark_complete,
     noise_background,
     shape_fill,
     shape_mask,
+    spec_arguments,
     split_key,
 )
 
@@ -152,7 +154,9 @@ def register_semask_shapes_panoptic(
         image_size (int): side of the square images (pixels).
         seed (int): base seed of the generation.
     """
-    spec = _spec(dict(PANOPTIC_SPLITS if splits is None else splits), image_size, seed)
+    spec = generation_spec(
+        dict(PANOPTIC_SPLITS if splits is None else splits), image_size, seed, version=_VERSION
+    )
     folder = os.path.join(root, PANOPTIC_FOLDER)
     for split in spec["splits"]:
         name = f"semask_shapes_panoptic_{split}"
@@ -167,23 +171,12 @@ def register_semask_shapes_panoptic(
             sem_seg=SemSegFiles(os.path.join(folder, "semantic", split), _sem_seg_file, _FIX),
             json_file=os.path.join(folder, "annotations", f"instances_{split}.json"),
         )
-        # Keep the checked loader; generate the files before it runs.
-        load = DatasetCatalog[name]
-        DatasetCatalog.remove(name)
-        DatasetCatalog.register(name, _generating_loader(folder, spec, load))
+        generate_before_loading(name, ensure_semask_shapes_panoptic, folder, spec)
 
 
 def _sem_seg_file(record: Dict) -> str:
     # The semantic label has the panoptic PNG's name.
     return os.path.basename(record["pan_seg_file_name"])
-
-
-def _generating_loader(folder: str, spec: Dict, load):
-    def generate_then_load() -> List[Dict]:
-        ensure_semask_shapes_panoptic(folder, **_spec_arguments(spec))
-        return load()
-
-    return generate_then_load
 
 
 def ensure_semask_shapes_panoptic(
@@ -207,12 +200,14 @@ def ensure_semask_shapes_panoptic(
     Raises:
         DatasetError: the parent folder cannot be written.
     """
-    spec = _spec(dict(PANOPTIC_SPLITS if splits is None else splits), image_size, seed)
+    spec = generation_spec(
+        dict(PANOPTIC_SPLITS if splits is None else splits), image_size, seed, version=_VERSION
+    )
     counts = ", ".join(f"{n} {split}" for split, n in spec["splits"].items())
     return ensure_generated(
         folder,
         spec,
-        lambda partial: generate_semask_shapes_panoptic(partial, **_spec_arguments(spec)),
+        lambda partial: generate_semask_shapes_panoptic(partial, **spec_arguments(spec)),
         f"{counts} panoptic images of {image_size} px, seed {seed}",
     )
 
@@ -268,7 +263,7 @@ def generate_semask_shapes_panoptic(
             os.path.join(folder, "annotations", f"instances_{split}.json"),
             {"images": images, "annotations": instances, "categories": categories},
         )
-    mark_complete(folder, _spec(splits, image_size, seed))
+    mark_complete(folder, generation_spec(splits, image_size, seed, version=_VERSION))
 
 
 def render_panoptic_sample(
@@ -436,16 +431,3 @@ def _annotations(segment_ids: np.ndarray, segments: List[Segment]) -> Tuple[List
 def _write_json(path: str, data: Dict) -> None:
     with open(path, "w") as f:
         json.dump(data, f, sort_keys=True)
-
-
-def _spec(splits: Dict[str, int], image_size: int, seed: int) -> Dict:
-    return {
-        "version": _VERSION,
-        "splits": {k: int(v) for k, v in sorted(splits.items())},
-        "image_size": int(image_size),
-        "seed": int(seed),
-    }
-
-
-def _spec_arguments(spec: Dict) -> Dict:
-    return {"splits": spec["splits"], "image_size": spec["image_size"], "seed": spec["seed"]}
