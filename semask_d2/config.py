@@ -77,6 +77,10 @@ def _add_swin_config(cfg: CN) -> None:
     # SemanticAttention modules per semantic layer (official: 1). 0 removes the semantic
     # layers: a plain Swin with the same feature keys and no prior maps.
     cfg.MODEL.SWIN.NUM_SEM_BLOCKS = 1
+    # New. Classes of the semantic layers' prior maps (mlp_cls_q/k rows); 0 (default) means
+    # MODEL.SEM_SEG_HEAD.NUM_CLASSES. The committed mmseg COCO-Stuff-10k SeMask-FPN configs keep
+    # the backbone at 150 while the head has 171 (tools/convert_semask_fpn_mmseg.py prints it).
+    cfg.MODEL.SWIN.NUM_PRIOR_CLASSES = 0
     # New. Per stage, True for windowed and False for global semantic attention, e.g.
     # [true, true, false, false] for the mmseg SeMask-FPN T/S/L rule. Empty: the official
     # detectron2 rule (stages 0-2 windowed, stage 3 global with 150 classes; all windowed

@@ -290,7 +290,7 @@ class D2SeMaskSwinTransformer(Backbone):
             "depths": swin.DEPTHS,
             "num_heads": swin.NUM_HEADS,
             "window_size": swin.WINDOW_SIZE,
-            "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+            "num_classes": swin.NUM_PRIOR_CLASSES or cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
             "in_chans": input_shape.channels,
             "pretrain_img_size": swin.PRETRAIN_IMG_SIZE,
             "patch_size": swin.PATCH_SIZE,
