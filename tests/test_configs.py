@@ -250,6 +250,13 @@ class TestConfigFiles(unittest.TestCase):
                 self.assertEqual(cfg.MODEL.SEMASK.PRIOR_CONVENTION, "mmseg")
                 self.assertEqual(cfg.MODEL.SWIN.SEM_INIT, "mmseg")
                 self.assertEqual(cfg.MODEL.MASK_FORMER.CATE_WEIGHT, 0.4)
+                self.assertEqual(cfg.MODEL.SEM_SEG_HEAD.LOSS_AVERAGING, "mmseg")
+                # mmseg OHEMPixelSampler(min_kept=100000), thresh unset: SeMask-L ADE20K and
+                # every COCO-Stuff-10k size.
+                ohem = dataset == "coco-stuff-10k" or (dataset, size) == ("ade20k", "large")
+                self.assertEqual(cfg.MODEL.SEM_SEG_HEAD.OHEM_ENABLED, ohem)
+                self.assertIsNone(cfg.MODEL.SEM_SEG_HEAD.OHEM_THRESH)
+                self.assertEqual(cfg.MODEL.SEM_SEG_HEAD.OHEM_MIN_KEPT, 100000)
 
     def test_sizes_and_windowed_lists(self):
         for path, dataset, size, _, _ in leaves():

@@ -16,9 +16,26 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from detectron2.modeling.meta_arch.semantic_seg import SemSegFPNHead
 
+from ..ohem import OHEMPixelSelector
 from ..semantic_prior import build_prior_loss
 
-__all__ = ["SeMaskFPNHead"]
+__all__ = ["SeMaskFPNHead", "LOSS_AVERAGINGS"]
+
+
+def _mean_over_labelled(logits: torch.Tensor, targets: torch.Tensor, ignore_value: int):
+    # detectron2 (PyTorch's reduction="mean"): NaN when no pixel is labelled.
+    return F.cross_entropy(logits, targets, reduction="mean", ignore_index=ignore_value)
+
+
+def _mean_over_all(logits: torch.Tensor, targets: torch.Tensor, ignore_value: int):
+    # mmseg v0.11 CrossEntropyLoss: ignored pixels add 0 but count in the B*H*W denominator.
+    total = F.cross_entropy(logits, targets, reduction="sum", ignore_index=ignore_value)
+    return total / targets.numel()
+
+
+# MODEL.SEM_SEG_HEAD.LOSS_AVERAGING -> fn((B, K, H, W) logits, (B, H, W) labels, ignore_value)
+# -> scalar cross-entropy.
+LOSS_AVERAGINGS = {"detectron2": _mean_over_labelled, "mmseg": _mean_over_all}
 
 
 @SEM_SEG_HEADS_REGISTRY.register()
@@ -30,9 +47,11 @@ class SeMaskFPNHead(SemSegFPNHead):
     Per input level of stride s: max(1, log2(s / common_stride)) blocks of [3x3 conv to
     ``conv_dims`` channels (no bias when normalized), norm, ReLU, x2 bilinear upsample
     (align_corners=False) unless s == common_stride]; the levels are summed, dropped out and
-    classified; logits are upsampled x common_stride (align_corners=False). The loss is
-    :class:`SemSegFPNHead`'s (cross-entropy over labelled pixels, times ``loss_weight``), plus
-    the prior loss ``loss_cate`` on the backbone's prior maps in training, so that detectron2's
+    classified; logits are upsampled x common_stride (align_corners=False). The loss
+    ``loss_sem_seg`` is a cross-entropy on the upsampled logits times ``loss_weight``, averaged
+    over labelled pixels (:class:`SemSegFPNHead`'s) or, as mmseg, over all pixels, optionally on
+    the pixels kept by mmseg's OHEM only (:class:`OHEMPixelSelector`); plus the prior loss
+    ``loss_cate`` on the backbone's prior maps in training, so that detectron2's
     :class:`SemanticSegmentor` trains SeMask-FPN as it is.
 
     Key map from a released mmseg SeMask-FPN checkpoint (``decode_head`` = ``BranchFPNHead``,
@@ -47,8 +66,7 @@ class SeMaskFPNHead(SemSegFPNHead):
       :class:`SemanticPriorLoss`, run by this head in training.
 
     Differences from mmseg: fresh convs use detectron2's MSRA fill and the classifier too
-    (mmseg: normal std 0.01); mmseg's OHEM pixel sampler (SeMask-L ADE20K, COCO-Stuff) is not
-    implemented.
+    (mmseg: normal std 0.01).
     """
 
     @configurable
@@ -58,6 +76,8 @@ class SeMaskFPNHead(SemSegFPNHead):
         *,
         dropout: float = 0.1,
         prior_loss: Optional[nn.Module] = None,
+        ohem: Optional[OHEMPixelSelector] = None,
+        loss_averaging: str = "detectron2",
         **kwargs,
     ):
         """
@@ -67,18 +87,35 @@ class SeMaskFPNHead(SemSegFPNHead):
             prior_loss (nn.Module or None): maps (backbone outputs, (B, H, W) labels) to
                 {"loss_cate": Tensor} in training, e.g. :class:`SemanticPriorLoss`; None for a
                 backbone without prior maps (``MODEL.SWIN.NUM_SEM_BLOCKS: 0``).
+            ohem (OHEMPixelSelector or None): hard-pixel selection for ``loss_sem_seg`` (mmseg
+                OHEMPixelSampler); None uses every labelled pixel.
+            loss_averaging (str): a key of :data:`LOSS_AVERAGINGS`: "detectron2" (mean over
+                the labelled, or kept, pixels) or "mmseg" (mean over all B*H*W pixels).
             kwargs: the arguments of :class:`SemSegFPNHead` (num_classes, conv_dims,
                 common_stride, loss_weight, norm, ignore_value).
         """
         super().__init__(input_shape, **kwargs)
+        if loss_averaging not in LOSS_AVERAGINGS:
+            raise ValueError(
+                f"Unknown MODEL.SEM_SEG_HEAD.LOSS_AVERAGING {loss_averaging!r}; use one of "
+                f"{sorted(LOSS_AVERAGINGS)}"
+            )
         self.dropout = nn.Dropout2d(dropout)
         self.prior_loss = prior_loss
+        self.ohem = ohem
+        self.loss_averaging = loss_averaging
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
         ret = super().from_config(cfg, input_shape)
         ret["dropout"] = cfg.MODEL.SEM_SEG_HEAD.DROPOUT
         ret["prior_loss"] = build_prior_loss(cfg, input_shape)
+        head = cfg.MODEL.SEM_SEG_HEAD
+        if head.OHEM_ENABLED:
+            ret["ohem"] = OHEMPixelSelector(
+                head.OHEM_MIN_KEPT, head.OHEM_THRESH, ignore_value=head.IGNORE_VALUE
+            )
+        ret["loss_averaging"] = head.LOSS_AVERAGING
         # The head is the only consumer of the backbone under SemanticSegmentor: an output it
         # ignores leaves parameters without gradient, and DDP fails.
         consumed = set(ret["input_shape"])
@@ -112,6 +149,23 @@ class SeMaskFPNHead(SemSegFPNHead):
         if self.training and self.prior_loss is not None:
             losses.update(self.prior_loss(features, targets))
         return results, losses
+
+    def losses(self, predictions: torch.Tensor, targets: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """
+        Args:
+            predictions (Tensor): (B, K, H/common_stride, W/common_stride) logits.
+            targets (Tensor): (B, H, W) labels, `ignore_value` where unlabelled.
+        Returns:
+            dict[str, Tensor]: {"loss_sem_seg": scalar}.
+        """
+        predictions = predictions.float()  # cross-entropy in fp32 under AMP too
+        predictions = F.interpolate(
+            predictions, scale_factor=self.common_stride, mode="bilinear", align_corners=False
+        )
+        if self.ohem is not None:
+            targets = self.ohem(predictions, targets)
+        loss = LOSS_AVERAGINGS[self.loss_averaging](predictions, targets, self.ignore_value)
+        return {"loss_sem_seg": loss * self.loss_weight}
 
     def layers(self, features: Dict[str, torch.Tensor]) -> torch.Tensor:
         """
