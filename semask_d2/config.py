@@ -117,6 +117,20 @@ def _add_fpn_head_config(cfg: CN) -> None:
     # New. Dropout2d probability (0 to 1) on the summed features right before the 1x1
     # classifier of `SeMaskFPNHead` (mmseg SeMask-FPN `dropout_ratio` 0.1; 0 disables it).
     cfg.MODEL.SEM_SEG_HEAD.DROPOUT = 0.1
+    # New. mmseg OHEMPixelSampler on loss_sem_seg of `SeMaskFPNHead` (official SeMask-FPN:
+    # SeMask-L ADE20K and every COCO-Stuff-10k size); loss_cate never uses it.
+    cfg.MODEL.SEM_SEG_HEAD.OHEM_ENABLED = False
+    # New. OHEM probability threshold (0 to 1): keep labelled pixels whose softmax probability of
+    # the target class is below max(OHEM_THRESH, the probability ranked OHEM_MIN_KEPT x batch
+    # from the lowest). None (mmseg default, official recipes): keep the OHEM_MIN_KEPT x batch
+    # pixels with the highest cross-entropy.
+    cfg.MODEL.SEM_SEG_HEAD.OHEM_THRESH = None
+    # New. OHEM pixels kept at least per image (mmseg `min_kept`, official 100000).
+    cfg.MODEL.SEM_SEG_HEAD.OHEM_MIN_KEPT = 100000
+    # New. Averaging of loss_sem_seg of `SeMaskFPNHead`: "detectron2" (mean over labelled pixels,
+    # those kept by OHEM when enabled) or "mmseg" (mmseg CrossEntropyLoss: mean over all B*H*W
+    # label pixels, ignored and unkept ones counting 0 in the sum).
+    cfg.MODEL.SEM_SEG_HEAD.LOSS_AVERAGING = "detectron2"
 
 
 def _add_mask_former_config(cfg: CN) -> None:
