@@ -111,6 +111,10 @@ def _add_prior_config(cfg: CN) -> None:
     #   SeMask-Mask2Former); labels smaller than that are padded with the ignore value.
     # "mmseg": bilinear with align_corners=False, resized to the label size (SeMask-FPN).
     cfg.MODEL.SEMASK.PRIOR_CONVENTION = "detectron2"
+    # New. How `loss_cate` is averaged: "detectron2" over the labelled pixels; "mmseg" over all
+    # label pixels, ignored ones included in the denominator (mmseg v0.11 CrossEntropyLoss; the
+    # SeMask-FPN recipes).
+    cfg.MODEL.SEMASK.PRIOR_LOSS_AVERAGING = "detectron2"
 
 
 def _add_fpn_head_config(cfg: CN) -> None:

@@ -251,6 +251,7 @@ class TestConfigFiles(unittest.TestCase):
                 self.assertEqual(cfg.MODEL.SWIN.SEM_INIT, "mmseg")
                 self.assertEqual(cfg.MODEL.MASK_FORMER.CATE_WEIGHT, 0.4)
                 self.assertEqual(cfg.MODEL.SEM_SEG_HEAD.LOSS_AVERAGING, "mmseg")
+                self.assertEqual(cfg.MODEL.SEMASK.PRIOR_LOSS_AVERAGING, "mmseg")
                 # mmseg OHEMPixelSampler(min_kept=100000), thresh unset: SeMask-L ADE20K and
                 # every COCO-Stuff-10k size.
                 ohem = dataset == "coco-stuff-10k" or (dataset, size) == ("ade20k", "large")

@@ -31,6 +31,7 @@ class TestSemanticPriorLoss(unittest.TestCase):
             ignore_value=255,
             loss_weight=kwargs.pop("loss_weight", 1.0),
             convention=convention,
+            **kwargs,
         ).train()
 
     def test_detectron2_convention_by_hand(self):
@@ -56,6 +57,22 @@ class TestSemanticPriorLoss(unittest.TestCase):
         pixel_33 = [4.0 + 0.5, 1.0 - 1.0]
         expected = -(log_softmax(pixel_10, 1) + log_softmax(pixel_33, 0)) / 2
         self.assertAlmostEqual(loss.item(), expected, places=5)
+
+    def test_mmseg_averaging_counts_every_label_pixel(self):
+        # The case above, averaged over all 16 label pixels (14 of them ignored), not over 2.
+        labels = torch.full((1, 4, 4), 255)
+        labels[0, 1, 0] = 1
+        labels[0, 3, 3] = 0
+        loss = self._loss("mmseg", averaging="mmseg")(two_level_priors(), labels)["loss_cate"]
+        pixel_10 = [0.75 * 1.0 + 0.25 * 3.0 + 0.5, 0.0 - 1.0]
+        pixel_33 = [4.0 + 0.5, 1.0 - 1.0]
+        expected = -(log_softmax(pixel_10, 1) + log_softmax(pixel_33, 0)) / 16
+        self.assertAlmostEqual(loss.item(), expected, places=5)
+        everything_ignored = torch.full((1, 4, 4), 255)
+        module = self._loss("mmseg", averaging="mmseg")
+        self.assertEqual(module(two_level_priors(), everything_ignored)["loss_cate"].item(), 0.0)
+        with self.assertRaisesRegex(ValueError, "PRIOR_LOSS_AVERAGING"):
+            self._loss("mmseg", averaging="mean")
 
     def test_decode_sizes(self):
         priors = {

@@ -260,6 +260,7 @@ class TestSemanticSegmentorWithSeMaskFPNHead(unittest.TestCase):
             cfg = fpn_cfg()
             # The pinned numbers predate the recipe's mmseg averaging: check the former one.
             cfg.MODEL.SEM_SEG_HEAD.LOSS_AVERAGING = "detectron2"
+            cfg.MODEL.SEMASK.PRIOR_LOSS_AVERAGING = "detectron2"
             cfg.MODEL.META_ARCHITECTURE = arch
             model = fpn_model(cfg).train()
             self.assertIsInstance(model, SemanticSegmentor)
@@ -291,6 +292,8 @@ class TestSemanticSegmentorWithSeMaskFPNHead(unittest.TestCase):
             ignore_value=255,
             loss_weight=1.0,
             convention="mmseg",
+            # The recipe's mmseg averaging: over all 2 x 64 x 96 label pixels, padding included.
+            averaging="mmseg",
         ).train()
         expected = 0.3 * reference(captured, labels)["loss_cate"]
         torch.testing.assert_close(losses["loss_cate"], expected)

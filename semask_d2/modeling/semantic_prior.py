@@ -27,6 +27,9 @@ __all__ = [
 
 # "detectron2": official SeMask-Mask2Former; "mmseg": official SeMask-FPN.
 PRIOR_CONVENTIONS = ("detectron2", "mmseg")
+# How loss_cate is averaged: "detectron2", over the labelled pixels (0 when there are none);
+# "mmseg", over all B*H*W label pixels, ignored ones included (mmseg v0.11 CrossEntropyLoss).
+PRIOR_LOSS_AVERAGINGS = ("detectron2", "mmseg")
 
 # A backbone's prior map of stage "res2" is the output "res2_prior".
 _PRIOR_SUFFIX = "_prior"
@@ -84,6 +87,7 @@ class SemanticPriorLoss(nn.Module):
         ignore_value: int = 255,
         loss_weight: float = 0.4,
         convention: str = "detectron2",
+        averaging: str = "detectron2",
     ):
         """
         Args:
@@ -92,11 +96,17 @@ class SemanticPriorLoss(nn.Module):
             ignore_value (int): label value excluded from the loss.
             loss_weight (float): factor of `loss_cate`.
             convention (str): "detectron2" or "mmseg" (see class docstring).
+            averaging (str): one of :data:`PRIOR_LOSS_AVERAGINGS`.
         """
         super().__init__()
         if convention not in PRIOR_CONVENTIONS:
             raise ValueError(
                 f"Unknown prior convention {convention!r}; expected one of {PRIOR_CONVENTIONS}"
+            )
+        if averaging not in PRIOR_LOSS_AVERAGINGS:
+            raise ValueError(
+                f"Unknown MODEL.SEMASK.PRIOR_LOSS_AVERAGING {averaging!r}; expected one of "
+                f"{PRIOR_LOSS_AVERAGINGS}"
             )
         if not in_features or len(in_features) != len(in_strides):
             raise ValueError(
@@ -112,6 +122,7 @@ class SemanticPriorLoss(nn.Module):
         self.loss_weight = loss_weight
         self.align_corners = convention == "detectron2"
         self.convention = convention
+        self.averaging = averaging
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
@@ -124,6 +135,7 @@ class SemanticPriorLoss(nn.Module):
             "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
             "loss_weight": cfg.MODEL.MASK_FORMER.CATE_WEIGHT if weight is None else weight,
             "convention": cfg.MODEL.SEMASK.PRIOR_CONVENTION,
+            "averaging": cfg.MODEL.SEMASK.PRIOR_LOSS_AVERAGING,
         }
 
     def _resize(self, x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
@@ -176,9 +188,12 @@ class SemanticPriorLoss(nn.Module):
         loss = F.cross_entropy(
             logits.float(), targets, ignore_index=self.ignore_value, reduction="sum"
         )
-        # Mean over labelled pixels; 0 (not NaN) when every pixel is ignored.
-        num_labelled = (targets != self.ignore_value).sum().clamp(min=1)
-        return {"loss_cate": self.loss_weight * loss / num_labelled}
+        if self.averaging == "mmseg":
+            count = targets.numel()
+        else:
+            # Mean over labelled pixels; 0 (not NaN) when every pixel is ignored.
+            count = (targets != self.ignore_value).sum().clamp(min=1)
+        return {"loss_cate": self.loss_weight * loss / count}
 
     def _match_labels(self, targets: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
         h, w = targets.shape[-2:]
