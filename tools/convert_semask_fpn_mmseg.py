@@ -26,18 +26,18 @@ Usage:
 """
 
 import argparse
-import math
 import os
-import pickle
 import re
 import sys
-import tempfile
-from collections import defaultdict
 from typing import Dict, List, Tuple
 
 import torch
 
-from semask_d2.modeling.backbone.semask_swin import D2SeMaskSwinTransformer
+# The Swin part is the ImageNet converter's (same folder): architecture, shapes, error, writer.
+from convert_swin_imagenet import ConversionError
+from convert_swin_imagenet import infer_architecture as infer_swin_architecture
+from convert_swin_imagenet import save_weights, target_shapes
+
 from semask_d2.modeling.backbone.swin_blocks import relative_position_index
 
 AUTHOR = "semask_d2.tools.convert_semask_fpn_mmseg"
@@ -49,12 +49,7 @@ _BN_PARAMS = ("weight", "bias", "running_mean", "running_var", "num_batches_trac
 _BUFFER_RE = re.compile(
     r".*(relative_position_index|running_mean|running_var|num_batches_tracked)$"
 )
-_BLOCK_RE = re.compile(r"backbone\.layers\.(\d+)\.blocks\.(\d+)\.")
 _PRIOR_KEY = "backbone.layers.0.semantic_layer.class_injection.0.mlp_cls_q.weight"
-
-
-class ConversionError(ValueError):
-    """The input is not an mmseg SeMask-FPN checkpoint this tool can convert."""
 
 
 def _shape(state_dict: Dict[str, torch.Tensor], key: str) -> Tuple[int, ...]:
@@ -66,47 +61,19 @@ def _shape(state_dict: Dict[str, torch.Tensor], key: str) -> Tuple[int, ...]:
 def infer_architecture(state_dict: Dict[str, torch.Tensor]) -> dict:
     """
     Returns:
-        dict: ``embed_dim``, ``depths``, ``num_heads``, ``window_size``, ``patch_size``,
+        dict: ``backbone`` (the Swin hyper-parameters, keyword arguments of our backbone),
         ``num_prior_classes`` (rows of ``mlp_cls_q``) and ``num_classes`` (``conv_seg``).
     """
-    blocks = defaultdict(set)
-    for m in filter(None, map(_BLOCK_RE.match, state_dict)):
-        blocks[int(m.group(1))].add(int(m.group(2)))
-    depths = [len(blocks[i]) for i in range(len(blocks))]
-    if len(blocks) != 4 or any(blocks[i] != set(range(d)) for i, d in enumerate(depths)):
-        found = {i: sorted(b) for i, b in sorted(blocks.items())}
-        raise ConversionError(f"backbone stages/blocks are not 4 stages numbered 0..n-1: {found}")
-    table = "backbone.layers.{}.blocks.0.attn.relative_position_bias_table"
-    tables = [_shape(state_dict, table.format(i)) for i in range(4)]
-    windows = {(math.isqrt(t[0]) + 1) // 2 for t in tables}
-    if len(windows) != 1 or any((2 * w - 1) ** 2 != t[0] for w in windows for t in tables):
-        raise ConversionError(f"relative_position_bias_table shapes {tables} are not one window")
-    proj = _shape(state_dict, "backbone.patch_embed.proj.weight")
+    prefix = "backbone."
+    backbone = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    swin = infer_swin_architecture(backbone)
+    if len(swin["depths"]) != 4:
+        raise ConversionError(f"the backbone has {len(swin['depths'])} stages, not 4")
     return dict(
-        embed_dim=proj[0],
-        depths=depths,
-        num_heads=[t[1] for t in tables],
-        window_size=windows.pop(),
-        patch_size=proj[-1],
+        backbone=swin,
         num_prior_classes=_shape(state_dict, _PRIOR_KEY)[0],
         num_classes=_shape(state_dict, "decode_head.conv_seg.weight")[0],
     )
-
-
-def backbone_shapes(arch: dict) -> Dict[str, Tuple[int, ...]]:
-    """``backbone.*`` keys and shapes of our SeMask backbone for ``arch`` (built on meta)."""
-    with torch.device("meta"):
-        backbone = D2SeMaskSwinTransformer(
-            embed_dim=arch["embed_dim"],
-            depths=arch["depths"],
-            num_heads=arch["num_heads"],
-            window_size=arch["window_size"],
-            patch_size=arch["patch_size"],
-            num_classes=arch["num_prior_classes"],
-            sem_window_size=arch["window_size"],
-            drop_path_rate=0.0,
-        )
-    return {f"backbone.{k}": tuple(v.shape) for k, v in backbone.state_dict().items()}
 
 
 def head_key_map(arch: dict) -> Dict[str, Tuple[str, Tuple[int, ...]]]:
@@ -124,7 +91,7 @@ def head_key_map(arch: dict) -> Dict[str, Tuple[str, Tuple[int, ...]]]:
     for i, num_convs in enumerate(CONVS_PER_LEVEL):
         for n in range(num_convs):
             src, dst = f"decode_head.scale_heads.{i}.{2 * n}", f"sem_seg_head.res{i + 2}.{2 * n}"
-            in_channels = arch["embed_dim"] * 2**i if n == 0 else CONV_DIMS
+            in_channels = arch["backbone"]["embed_dim"] * 2**i if n == 0 else CONV_DIMS
             key_map[f"{src}.conv.weight"] = (f"{dst}.weight", (CONV_DIMS, in_channels, 3, 3))
             for p in _BN_PARAMS:
                 shape = () if p == "num_batches_tracked" else (CONV_DIMS,)
@@ -141,7 +108,8 @@ def convert_state_dict(state_dict: Dict[str, torch.Tensor]) -> Tuple[Dict[str, t
         dict: the inferred architecture (see :func:`infer_architecture`).
     """
     arch = infer_architecture(state_dict)
-    key_map = {k: (k, shape) for k, shape in backbone_shapes(arch).items()}
+    backbone = target_shapes(arch["backbone"], num_classes=arch["num_prior_classes"])
+    key_map = {k: (k, shape) for k, shape in backbone.items()}
     key_map.update(head_key_map(arch))
     extra = sorted(k for k in state_dict if k not in key_map)
     missing = sorted(k for k in key_map if k not in state_dict)
@@ -156,7 +124,7 @@ def convert_state_dict(state_dict: Dict[str, torch.Tensor]) -> Tuple[Dict[str, t
             f"not the SeMask-FPN of {_describe(arch)}: "
             + "; ".join(f"{len(keys)} {what}: {keys}" for keys, what in problems if keys)
         )
-    index = relative_position_index(arch["window_size"])
+    index = relative_position_index(arch["backbone"]["window_size"])
     for key in state_dict:
         if key.endswith("relative_position_index") and not torch.equal(state_dict[key], index):
             raise ConversionError(f"{key} differs from the standard Swin index")
@@ -171,9 +139,10 @@ def config_overrides(arch: dict) -> List[str]:
 
 
 def _describe(arch: dict) -> str:
+    swin = arch["backbone"]
     return (
-        f"embed_dim {arch['embed_dim']}, depths {arch['depths']}, heads {arch['num_heads']}, "
-        f"window {arch['window_size']}, {arch['num_prior_classes']} prior classes, "
+        f"embed_dim {swin['embed_dim']}, depths {swin['depths']}, heads {swin['num_heads']}, "
+        f"window {swin['window_size']}, {arch['num_prior_classes']} prior classes, "
         f"{arch['num_classes']} classes"
     )
 
@@ -196,29 +165,6 @@ def load_state_dict(path: str) -> Dict[str, torch.Tensor]:
     return sd
 
 
-def save_weights(new_sd: Dict[str, torch.Tensor], path: str) -> None:
-    """Atomically write Detectron2 weights: ``.pkl`` with numpy arrays or ``.pth`` with tensors."""
-    ext = os.path.splitext(path)[1]
-    if ext not in (".pkl", ".pth"):
-        raise ConversionError(f"output must end in .pkl or .pth: {path}")
-    model = {k: v.detach().cpu() for k, v in new_sd.items()}
-    if ext == ".pkl":
-        model = {k: v.numpy() for k, v in model.items()}
-    data = {"model": model, "__author__": AUTHOR, "matching_heuristics": False}
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=ext + ".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if ext == ".pkl":
-                pickle.dump(data, f)
-            else:
-                torch.save(data, f)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def count_parameters(new_sd: Dict[str, torch.Tensor]) -> int:
     """Learnable parameters: every tensor but the buffers (position index, BN statistics)."""
     return sum(v.numel() for k, v in new_sd.items() if not _BUFFER_RE.match(k))
@@ -234,7 +180,7 @@ def main(argv=None) -> int:
         if os.path.exists(args.output) and not args.overwrite:
             raise ConversionError(f"{args.output} exists; pass --overwrite to replace it")
         new_sd, arch = convert_state_dict(load_state_dict(args.input))
-        save_weights(new_sd, args.output)
+        save_weights(new_sd, args.output, author=AUTHOR)
     except (ConversionError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -137,11 +137,15 @@ def build_key_map(layout: str, depths: List[int]) -> Tuple[Dict[str, str], List[
     return key_map, dropped
 
 
-def target_shapes(arch: dict) -> Dict[str, Tuple[int, ...]]:
-    """``backbone.*`` keys and shapes of the SeMask backbone with the architecture ``arch``."""
-    backbone = D2SeMaskSwinTransformer(
-        **arch, num_classes=1, sem_window_size=arch["window_size"], drop_path_rate=0.0
-    )
+def target_shapes(arch: dict, num_classes: int = 1) -> Dict[str, Tuple[int, ...]]:
+    """
+    ``backbone.*`` keys and shapes of the SeMask backbone with the architecture ``arch`` (see
+    :func:`infer_architecture`) and `num_classes` prior classes, built on the meta device.
+    """
+    with torch.device("meta"):
+        backbone = D2SeMaskSwinTransformer(
+            **arch, num_classes=num_classes, sem_window_size=arch["window_size"], drop_path_rate=0
+        )
     return {f"backbone.{k}": tuple(v.shape) for k, v in backbone.state_dict().items()}
 
 
@@ -204,7 +208,7 @@ def load_state_dict(path: str, allow_pickle: bool = False) -> Dict[str, torch.Te
     raise ConversionError(f"{path} holds no state dict of tensors (bare, 'model', 'state_dict')")
 
 
-def save_weights(new_sd: Dict[str, torch.Tensor], path: str) -> None:
+def save_weights(new_sd: Dict[str, torch.Tensor], path: str, author: str = AUTHOR) -> None:
     """Atomically write Detectron2 weights: ``.pkl`` with numpy arrays or ``.pth`` with tensors."""
     ext = os.path.splitext(path)[1]
     if ext not in (".pkl", ".pth"):
@@ -212,7 +216,7 @@ def save_weights(new_sd: Dict[str, torch.Tensor], path: str) -> None:
     model = {k: v.detach().cpu() for k, v in new_sd.items()}
     if ext == ".pkl":
         model = {k: v.numpy() for k, v in model.items()}
-    data = {"model": model, "__author__": AUTHOR, "matching_heuristics": False}
+    data = {"model": model, "__author__": author, "matching_heuristics": False}
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=ext + ".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
