@@ -261,17 +261,23 @@ class TestDemo(unittest.TestCase):
                 self.assertRegex(err, f"^demo.py: error: .*{message}.*\n$")
         self.assertFalse(os.path.exists(os.path.join(out, "broken.png")))
 
-    def test_metadata_colors_come_from_the_test_dataset(self):
-        name = "_semask_demo_test"
-        colors = [(i, 2 * i, 3 * i) for i in range(NUM_CLASSES)]
-        MetadataCatalog.get(name).set(stuff_classes=list("abcde"), stuff_colors=colors)
+    def metadata_with_test_set(self, name, **fields):
+        """build_metadata for the tiny config with a test set `name` holding `fields`."""
+        MetadataCatalog.get(name).set(**fields)
         try:
             cfg = self.cfg.clone()
             cfg.defrost()
             cfg.DATASETS.TEST = (name,)
-            metadata = build_metadata(cfg)
+            return build_metadata(cfg)
         finally:
             MetadataCatalog.pop(name)
+
+    def test_metadata_colors_come_from_the_test_dataset(self):
+        name = "_semask_demo_test"
+        colors = [(i, 2 * i, 3 * i) for i in range(NUM_CLASSES)]
+        metadata = self.metadata_with_test_set(
+            name, stuff_classes=list("abcde"), stuff_colors=colors
+        )
         self.assertEqual(metadata.stuff_colors, colors)
         self.assertEqual(metadata.stuff_classes, list("abcde"))
         # Panoptic and instance drawings index the same lists by contiguous id.
@@ -287,18 +293,12 @@ class TestDemo(unittest.TestCase):
         """As Cityscapes instance: the semantic classes (more) are not the model's classes."""
         name = "_semask_demo_instance_test"
         colors = [(i, 0, 255 - i) for i in range(NUM_CLASSES)]
-        MetadataCatalog.get(name).set(
+        metadata = self.metadata_with_test_set(
+            name,
             stuff_classes=[f"stuff {i}" for i in range(NUM_CLASSES + 3)],
             thing_classes=list("vwxyz"),
             thing_colors=colors,
         )
-        try:
-            cfg = self.cfg.clone()
-            cfg.defrost()
-            cfg.DATASETS.TEST = (name,)
-            metadata = build_metadata(cfg)
-        finally:
-            MetadataCatalog.pop(name)
         self.assertEqual(metadata.thing_classes, list("vwxyz"))
         self.assertEqual(metadata.stuff_classes, list("vwxyz"))
         self.assertEqual(metadata.thing_colors, colors)
