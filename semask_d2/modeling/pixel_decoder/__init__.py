@@ -2,6 +2,9 @@
 
 # The op `ms_deform_attn` is not re-exported: it would shadow its own submodule's name.
 from .build import PIXEL_DECODER_REGISTRY, build_pixel_decoder
+from .fapn_pixel_decoder import PixelFANDecoder
+from .feature_align import FeatureAlign
 from .ms_deform_attn import MSDeformAttn
 from .ms_deform_attn_pixel_decoder import MSDeformAttnPixelDecoder
+from .ms_deform_attn_pixel_fan_decoder import MSDeformAttnPixelFANDecoder
 from .position_encoding import PositionEmbeddingSine

@@ -129,8 +129,22 @@ class MSDeformAttnPixelDecoder(nn.Module):
             )
             weight_init.c2_xavier_fill(adapter)
             weight_init.c2_xavier_fill(layer)
-            self.add_module(f"adapter_{idx}", adapter)
-            self.add_module(f"layer_{idx}", layer)
+            self._add_fpn_level(idx, adapter, layer)
+
+    def _add_fpn_level(self, idx: int, adapter: nn.Module, layer: nn.Module) -> None:
+        """Register FPN level `idx` (subclass hook; state-dict order = registration order)."""
+        self.add_module(f"adapter_{idx}", adapter)
+        self.add_module(f"layer_{idx}", layer)
+
+    def _merge_top_down(self, idx: int, lateral: torch.Tensor, top_down: torch.Tensor):
+        """
+        The input of ``layer_{idx}`` (subclass hook).
+
+        Args:
+            lateral (Tensor): (N, C, H, W), ``adapter_{idx}`` of the backbone map.
+            top_down (Tensor): (N, C, H, W), the coarser output upsampled to (H, W).
+        """
+        return lateral + top_down
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
@@ -173,10 +187,11 @@ class MSDeformAttnPixelDecoder(nn.Module):
             out = self.transformer(srcs, pos)
             for idx in range(len(self.fpn_features), 0, -1):
                 x = features[self.fpn_features[idx - 1]].float()
-                y = getattr(self, f"adapter_{idx}")(x)
-                y = y + F.interpolate(
-                    out[-1], size=y.shape[-2:], mode="bilinear", align_corners=False
+                lateral = getattr(self, f"adapter_{idx}")(x)
+                top_down = F.interpolate(
+                    out[-1], size=lateral.shape[-2:], mode="bilinear", align_corners=False
                 )
+                y = self._merge_top_down(idx, lateral, top_down)
                 out.append(getattr(self, f"layer_{idx}")(y))
             return self.mask_features(out[-1]), out[0], out[:_NUM_MULTI_SCALE_FEATURES]
 
