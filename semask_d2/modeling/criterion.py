@@ -1,9 +1,12 @@
 """
-Set-prediction losses of Mask2Former (Cheng et al., arXiv 2112.01527; facebookresearch/Mask2Former
-``mask2former/modeling/criterion.py``): after Hungarian matching, cross-entropy on the classes of
-all queries and point-sampled sigmoid BCE and dice on the matched masks, for the final prediction
-and (deep supervision) every auxiliary one. Written for semask-d2. The SeMask prior loss `loss_cate`
-is computed by `semask_d2.modeling.semantic_prior.SemanticPriorLoss`, not here.
+Set-prediction losses of mask classification: after Hungarian matching, cross-entropy on the
+classes of all queries and a per-pixel loss and dice on the matched masks, for the final
+prediction and (deep supervision) every auxiliary one (:class:`BaseSetCriterion`). Here also
+Mask2Former's criterion (Cheng et al., arXiv 2112.01527; facebookresearch/Mask2Former
+``mask2former/modeling/criterion.py``), with point-sampled sigmoid BCE and dice; MaskFormer's
+full-resolution focal version is in ``mask_former_criterion.py``. Written for semask-d2. The SeMask
+prior loss `loss_cate` is computed by `semask_d2.modeling.semantic_prior.SemanticPriorLoss`, not
+here.
 """
 
 from typing import Dict, List, Tuple
@@ -21,7 +24,7 @@ from detectron2.utils import comm
 
 from .matcher import HungarianMatcher
 
-__all__ = ["SetCriterion", "dice_loss", "sigmoid_ce_loss"]
+__all__ = ["BaseSetCriterion", "SetCriterion", "dice_loss", "sigmoid_ce_loss"]
 
 Indices = List[Tuple[torch.Tensor, torch.Tensor]]
 
@@ -60,14 +63,15 @@ def _uncertainty(logits: torch.Tensor) -> torch.Tensor:
     return -logits.abs()
 
 
-class SetCriterion(nn.Module):
+class BaseSetCriterion(nn.Module):
     """
-    Computes `loss_ce`, `loss_mask` and `loss_dice` (suffixed `_i` for auxiliary output i).
-    The returned losses are unweighted; `weight_dict` holds the factors the meta-architecture
+    Matches predictions to targets and computes `loss_ce`, `loss_mask` and `loss_dice` (suffixed
+    `_i` for auxiliary output i). Subclasses say which mask logits and labels the mask losses
+    compare (:meth:`mask_pairs`) and the per-pixel mask loss (:meth:`pixel_mask_loss`). The
+    returned losses are unweighted; `weight_dict` holds the factors the meta-architecture
     applies (and losses missing from it are dropped there).
     """
 
-    @configurable
     def __init__(
         self,
         *,
@@ -75,9 +79,6 @@ class SetCriterion(nn.Module):
         matcher: nn.Module,
         weight_dict: Dict[str, float],
         eos_coef: float,
-        num_points: int,
-        oversample_ratio: float,
-        importance_sample_ratio: float,
         deep_supervision: bool = True,
     ):
         """
@@ -86,10 +87,6 @@ class SetCriterion(nn.Module):
             matcher (nn.Module): returns per image (query indices, target indices).
             weight_dict (dict[str, float]): loss name -> weight, for the meta-architecture.
             eos_coef (float): class weight of "no object" in the cross-entropy.
-            num_points (int): points sampled per matched mask for the mask losses.
-            oversample_ratio (float): candidate points drawn per sampled point.
-            importance_sample_ratio (float): fraction of points taken among the most uncertain
-                candidates; the rest are uniform.
             deep_supervision (bool): also compute the losses of "aux_outputs".
         """
         super().__init__()
@@ -97,17 +94,15 @@ class SetCriterion(nn.Module):
         self.matcher = matcher
         self.weight_dict = weight_dict
         self.eos_coef = eos_coef
-        self.num_points = num_points
-        self.oversample_ratio = oversample_ratio
-        self.importance_sample_ratio = importance_sample_ratio
         self.deep_supervision = deep_supervision
         empty_weight = torch.ones(num_classes + 1)
         empty_weight[-1] = eos_coef
         # Persistent: official checkpoints hold `criterion.empty_weight`.
         self.register_buffer("empty_weight", empty_weight)
 
-    @classmethod
-    def from_config(cls, cfg) -> Dict:
+    @staticmethod
+    def common_config(cfg, matcher: nn.Module) -> Dict:
+        """The constructor arguments shared by the subclasses, read from `cfg`."""
         mf = cfg.MODEL.MASK_FORMER
         weight_dict = {
             "loss_ce": mf.CLASS_WEIGHT,
@@ -126,14 +121,33 @@ class SetCriterion(nn.Module):
         # No `loss_cate` entry: SemanticPriorLoss returns it already weighted by CATE_WEIGHT.
         return {
             "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
-            "matcher": HungarianMatcher(cfg),
+            "matcher": matcher,
             "weight_dict": weight_dict,
             "eos_coef": mf.NO_OBJECT_WEIGHT,
-            "num_points": mf.TRAIN_NUM_POINTS,
-            "oversample_ratio": mf.OVERSAMPLE_RATIO,
-            "importance_sample_ratio": mf.IMPORTANCE_SAMPLE_RATIO,
             "deep_supervision": mf.DEEP_SUPERVISION,
         }
+
+    def mask_pairs(self, src: torch.Tensor, tgt: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """
+        Args:
+            src (Tensor): (N, h, w) matched mask logits.
+            tgt (Tensor): (N, H, W) their binary target masks, zero-padded to the batch size.
+        Returns:
+            tuple[Tensor, Tensor]: (N, P) logits and (N, P) labels the mask losses compare.
+        """
+        raise NotImplementedError
+
+    def pixel_mask_loss(
+        self, logits: torch.Tensor, labels: torch.Tensor, num_masks: float
+    ) -> torch.Tensor:
+        """
+        Args:
+            logits, labels (Tensor): (N, P) from :meth:`mask_pairs`.
+            num_masks (float): normaliser.
+        Returns:
+            Tensor: scalar `loss_mask`.
+        """
+        raise NotImplementedError
 
     def forward(
         self, outputs: Dict, targets: List[Dict[str, torch.Tensor]]
@@ -220,20 +234,10 @@ class SetCriterion(nn.Module):
             zero = masks.sum() * 0.0
             return {"loss_mask": zero, "loss_dice": zero.clone()}
         tgt = self._matched_target_masks(targets, indices, src.dtype)
-
-        with torch.no_grad():
-            coords = get_uncertain_point_coords_with_randomness(
-                src[:, None],
-                _uncertainty,
-                self.num_points,
-                self.oversample_ratio,
-                self.importance_sample_ratio,
-            )
-            point_labels = point_sample(tgt[:, None], coords, align_corners=False)[:, 0]
-        point_logits = point_sample(src[:, None], coords, align_corners=False)[:, 0]
+        logits, labels = self.mask_pairs(src, tgt)
         return {
-            "loss_mask": sigmoid_ce_loss(point_logits, point_labels, num_masks),
-            "loss_dice": dice_loss(point_logits, point_labels, num_masks),
+            "loss_mask": self.pixel_mask_loss(logits, labels, num_masks),
+            "loss_dice": dice_loss(logits, labels, num_masks),
         }
 
     @staticmethod
@@ -260,3 +264,72 @@ class SetCriterion(nn.Module):
             m = t["masks"][tgt].to(dtype)
             matched.append(F.pad(m, (0, width - m.shape[-1], 0, height - m.shape[-2])))
         return torch.cat(matched)
+
+
+class SetCriterion(BaseSetCriterion):
+    """
+    Mask2Former's criterion: the mask losses (mean sigmoid BCE and dice) are computed at
+    `num_points` points per matched mask, mostly where the prediction is least certain.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        matcher: nn.Module,
+        weight_dict: Dict[str, float],
+        eos_coef: float,
+        num_points: int,
+        oversample_ratio: float,
+        importance_sample_ratio: float,
+        deep_supervision: bool = True,
+    ):
+        """
+        Args:
+            num_points (int): points sampled per matched mask for the mask losses.
+            oversample_ratio (float): candidate points drawn per sampled point.
+            importance_sample_ratio (float): fraction of points taken among the most uncertain
+                candidates; the rest are uniform.
+            Others: see :class:`BaseSetCriterion`.
+        """
+        super().__init__(
+            num_classes=num_classes,
+            matcher=matcher,
+            weight_dict=weight_dict,
+            eos_coef=eos_coef,
+            deep_supervision=deep_supervision,
+        )
+        self.num_points = num_points
+        self.oversample_ratio = oversample_ratio
+        self.importance_sample_ratio = importance_sample_ratio
+
+    @classmethod
+    def from_config(cls, cfg) -> Dict:
+        mf = cfg.MODEL.MASK_FORMER
+        return {
+            **cls.common_config(cfg, HungarianMatcher(cfg)),
+            "num_points": mf.TRAIN_NUM_POINTS,
+            "oversample_ratio": mf.OVERSAMPLE_RATIO,
+            "importance_sample_ratio": mf.IMPORTANCE_SAMPLE_RATIO,
+        }
+
+    def mask_pairs(self, src: torch.Tensor, tgt: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Logits and labels at uncertainty-sampled points; see the base class."""
+        with torch.no_grad():
+            coords = get_uncertain_point_coords_with_randomness(
+                src[:, None],
+                _uncertainty,
+                self.num_points,
+                self.oversample_ratio,
+                self.importance_sample_ratio,
+            )
+            point_labels = point_sample(tgt[:, None], coords, align_corners=False)[:, 0]
+        point_logits = point_sample(src[:, None], coords, align_corners=False)[:, 0]
+        return point_logits, point_labels
+
+    def pixel_mask_loss(
+        self, logits: torch.Tensor, labels: torch.Tensor, num_masks: float
+    ) -> torch.Tensor:
+        """Mean sigmoid BCE per mask; see the base class."""
+        return sigmoid_ce_loss(logits, labels, num_masks)

@@ -1,7 +1,8 @@
 """
-Hungarian matching of predicted masks to ground-truth masks, per image, from class and
-point-sampled mask costs (facebookresearch/Mask2Former ``mask2former/modeling/matcher.py``).
-Written for semask-d2.
+Hungarian matching of predicted masks to ground-truth masks, per image, from class and mask
+costs: the shared assignment (:class:`BaseHungarianMatcher`) and Mask2Former's point-sampled
+costs (facebookresearch/Mask2Former ``mask2former/modeling/matcher.py``). MaskFormer's
+full-map focal costs are in ``mask_former_matcher.py``. Written for semask-d2.
 """
 
 from typing import Dict, List, Tuple
@@ -14,7 +15,12 @@ from torch import nn
 from detectron2.config import configurable
 from detectron2.projects.point_rend.point_features import point_sample
 
-__all__ = ["HungarianMatcher", "batch_dice_cost", "batch_sigmoid_ce_cost"]
+__all__ = [
+    "BaseHungarianMatcher",
+    "HungarianMatcher",
+    "batch_dice_cost",
+    "batch_sigmoid_ce_cost",
+]
 
 
 def batch_sigmoid_ce_cost(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -51,51 +57,37 @@ def batch_dice_cost(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
     return 1 - (numerator + 1) / (denominator + 1)
 
 
-class HungarianMatcher(nn.Module):
+class BaseHungarianMatcher(nn.Module):
     """
-    One-to-one assignment of queries to targets minimising
+    One-to-one assignment of queries to targets, per image, minimising
     `cost_class * C_class + cost_mask * C_mask + cost_dice * C_dice`, where C_class is minus the
-    softmax probability of the target class and the mask costs are computed at `num_points`
-    random points shared by all masks of an image. Has no parameters.
+    softmax probability of the target class. Subclasses say where the two mask costs are
+    computed (:meth:`mask_costs`). Has no parameters.
     """
 
-    @configurable
-    def __init__(
-        self,
-        *,
-        num_points: int,
-        cost_class: float = 1.0,
-        cost_mask: float = 1.0,
-        cost_dice: float = 1.0,
-    ):
+    def __init__(self, *, cost_class: float, cost_mask: float, cost_dice: float):
         """
         Args:
-            num_points (int): points sampled per image for the mask costs.
             cost_class (float): weight of the classification cost.
-            cost_mask (float): weight of the sigmoid cross-entropy mask cost.
+            cost_mask (float): weight of the per-pixel mask cost.
             cost_dice (float): weight of the dice cost.
         """
         super().__init__()
-        if num_points <= 0:
-            raise ValueError(f"num_points must be positive, got {num_points}")
         self.cost_class = cost_class
         self.cost_mask = cost_mask
         self.cost_dice = cost_dice
-        self.num_points = num_points
 
-    @classmethod
-    def from_config(cls, cfg) -> Dict:
-        mf = cfg.MODEL.MASK_FORMER
-        return {
-            "cost_class": mf.CLASS_WEIGHT,
-            "cost_mask": mf.MASK_WEIGHT,
-            "cost_dice": mf.DICE_WEIGHT,
-            "num_points": mf.TRAIN_NUM_POINTS,
-        }
-
-    def _random_points(self, device: torch.device) -> torch.Tensor:
-        """(1, num_points, 2) uniform (x, y) in [0, 1]^2; a method so tests can fix it."""
-        return torch.rand(1, self.num_points, 2, device=device)
+    def mask_costs(
+        self, masks: torch.Tensor, tgt_masks: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """
+        Args:
+            masks (Tensor): (Q, H, W) float32 mask logits of one image.
+            tgt_masks (Tensor): (T, H', W') float32 binary target masks (any resolution).
+        Returns:
+            tuple[Tensor, Tensor]: (Q, T) unweighted per-pixel mask cost and dice cost.
+        """
+        raise NotImplementedError
 
     def cost_matrix(
         self,
@@ -114,14 +106,9 @@ class HungarianMatcher(nn.Module):
             Tensor: (Q, T) float32 matching costs.
         """
         cost_class = -logits.float().softmax(-1)[:, labels]
-        coords = self._random_points(masks.device)
-        # Masks as channels of one image: every mask is sampled at the same points, no copies.
-        pred = point_sample(masks[None].float(), coords, align_corners=False)[0]
-        tgt = point_sample(tgt_masks[None].float(), coords, align_corners=False)[0]
+        cost_mask, cost_dice = self.mask_costs(masks.float(), tgt_masks.float())
         return (
-            self.cost_mask * batch_sigmoid_ce_cost(pred, tgt)
-            + self.cost_class * cost_class
-            + self.cost_dice * batch_dice_cost(pred, tgt)
+            self.cost_mask * cost_mask + self.cost_class * cost_class + self.cost_dice * cost_dice
         )
 
     @torch.no_grad()
@@ -149,3 +136,55 @@ class HungarianMatcher(nn.Module):
                 rows, cols = linear_sum_assignment(cost.cpu().numpy())
                 indices.append(tuple(torch.as_tensor(i, dtype=torch.int64) for i in (rows, cols)))
         return indices
+
+
+class HungarianMatcher(BaseHungarianMatcher):
+    """
+    Mask2Former's matcher: the mask costs (mean sigmoid BCE and dice) are computed at
+    `num_points` random points shared by all predicted and target masks of an image.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        num_points: int,
+        cost_class: float = 1.0,
+        cost_mask: float = 1.0,
+        cost_dice: float = 1.0,
+    ):
+        """
+        Args:
+            num_points (int): points sampled per image for the mask costs.
+            cost_class (float): weight of the classification cost.
+            cost_mask (float): weight of the sigmoid cross-entropy mask cost.
+            cost_dice (float): weight of the dice cost.
+        """
+        super().__init__(cost_class=cost_class, cost_mask=cost_mask, cost_dice=cost_dice)
+        if num_points <= 0:
+            raise ValueError(f"num_points must be positive, got {num_points}")
+        self.num_points = num_points
+
+    @classmethod
+    def from_config(cls, cfg) -> Dict:
+        mf = cfg.MODEL.MASK_FORMER
+        return {
+            "cost_class": mf.CLASS_WEIGHT,
+            "cost_mask": mf.MASK_WEIGHT,
+            "cost_dice": mf.DICE_WEIGHT,
+            "num_points": mf.TRAIN_NUM_POINTS,
+        }
+
+    def _random_points(self, device: torch.device) -> torch.Tensor:
+        """(1, num_points, 2) uniform (x, y) in [0, 1]^2; a method so tests can fix it."""
+        return torch.rand(1, self.num_points, 2, device=device)
+
+    def mask_costs(
+        self, masks: torch.Tensor, tgt_masks: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Mean sigmoid BCE and dice at the random points; see the base class."""
+        coords = self._random_points(masks.device)
+        # Masks as channels of one image: every mask is sampled at the same points, no copies.
+        pred = point_sample(masks[None], coords, align_corners=False)[0]
+        tgt = point_sample(tgt_masks[None], coords, align_corners=False)[0]
+        return batch_sigmoid_ce_cost(pred, tgt), batch_dice_cost(pred, tgt)

@@ -21,6 +21,7 @@ from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
+from ..head_family import sem_windowed_from_config
 from ..semantic_prior import prior_feature_name
 from .semantic_layer import SemanticLayer
 from .swin_blocks import PatchEmbed, PatchMerging, SwinBlock, build_shift_mask
@@ -285,12 +286,13 @@ class D2SeMaskSwinTransformer(Backbone):
     @classmethod
     def from_config(cls, cfg, input_shape: ShapeSpec):
         swin = cfg.MODEL.SWIN
+        num_classes = swin.NUM_PRIOR_CLASSES or cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
         return {
             "embed_dim": swin.EMBED_DIM,
             "depths": swin.DEPTHS,
             "num_heads": swin.NUM_HEADS,
             "window_size": swin.WINDOW_SIZE,
-            "num_classes": swin.NUM_PRIOR_CLASSES or cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+            "num_classes": num_classes,
             "in_chans": input_shape.channels,
             "pretrain_img_size": swin.PRETRAIN_IMG_SIZE,
             "patch_size": swin.PATCH_SIZE,
@@ -305,7 +307,8 @@ class D2SeMaskSwinTransformer(Backbone):
             "out_features": swin.OUT_FEATURES,
             "num_sem_blocks": swin.NUM_SEM_BLOCKS,
             "sem_window_size": swin.SEM_WINDOW_SIZE,
-            "sem_windowed": swin.SEM_WINDOWED,
+            # As stated, else the head family's rule (semask_d2/modeling/head_family.py).
+            "sem_windowed": sem_windowed_from_config(cfg, num_classes),
             "sem_dropout": swin.SEM_DROPOUT,
             "sem_init": swin.SEM_INIT,
             "use_checkpoint": swin.USE_CHECKPOINT,
