@@ -13,7 +13,6 @@ import torch
 
 from detectron2.config import CfgNode
 from detectron2.data import Metadata, MetadataCatalog
-from detectron2.data.transforms import ResizeShortestEdge
 from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model
 from detectron2.structures import BitMasks, Instances
@@ -21,6 +20,7 @@ from detectron2.utils.colormap import colormap
 from detectron2.utils.video_visualizer import VideoVisualizer
 from detectron2.utils.visualizer import ColorMode, VisImage, Visualizer
 
+from semask_d2.data.transforms import build_test_resize
 from semask_d2.engine import build_checkpointer
 from semask_d2.modeling.semantic_prior import prior_features, stage_of_prior
 
@@ -66,9 +66,9 @@ class SeMaskPredictor(DefaultPredictor):
         self.cfg = cfg.clone()
         self.model = build_model(self.cfg).eval()
         build_checkpointer(cfg, self.model).load(cfg.MODEL.WEIGHTS)
-        self.aug = ResizeShortestEdge(
-            [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST
-        )
+        # The evaluation's test-time resize (INPUT.TEST_RESIZE), so that the demo predicts
+        # what train_net.py --eval-only scores.
+        self.aug = build_test_resize(cfg)
         self.input_format = cfg.INPUT.FORMAT
         # res2_prior..res5_prior, finest stride first.
         self.prior_strides = {
@@ -103,10 +103,8 @@ class SeMaskPredictor(DefaultPredictor):
         self._priors = {}
         predictions = super().__call__(image_bgr)
         height, width = image_bgr.shape[:2]
-        # The size DefaultPredictor's ResizeShortestEdge([MIN, MIN], MAX) produces.
-        resized_size = ResizeShortestEdge.get_output_shape(
-            height, width, self.cfg.INPUT.MIN_SIZE_TEST, self.cfg.INPUT.MAX_SIZE_TEST
-        )
+        resize = self.aug.get_transform(image_bgr)
+        resized_size = (resize.new_h, resize.new_w)
         result = {
             "priors": {k: v[0].argmax(dim=0).cpu().numpy() for k, v in self._priors.items()},
             "resized_size": resized_size,

@@ -71,6 +71,10 @@ def _add_swin_config(cfg: CN) -> None:
     cfg.MODEL.SWIN.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
     # Gradient checkpointing of the Swin blocks during training (less memory, ~30% slower).
     cfg.MODEL.SWIN.USE_CHECKPOINT = False
+    # New. Meta-architectures that pad to the backbone's size divisibility (SemanticSegmentor)
+    # pad images to a multiple of this (pixels). 0: no padding, Swin pads inside each stage as
+    # mmseg does at test time (SeMask-FPN recipes; sizes that are multiples of 32 are unchanged).
+    cfg.MODEL.SWIN.SIZE_DIVISIBILITY = 32
     # Window side (tokens) of the windowed semantic layers (official: 7 for T/S, 12 for B/L;
     # the official Cityscapes SeMask-L config keeps 7).
     cfg.MODEL.SWIN.SEM_WINDOW_SIZE = 7
@@ -135,6 +139,11 @@ def _add_fpn_head_config(cfg: CN) -> None:
     # those kept by OHEM when enabled) or "mmseg" (mmseg CrossEntropyLoss: mean over all B*H*W
     # label pixels, ignored and unkept ones counting 0 in the sum).
     cfg.MODEL.SEM_SEG_HEAD.LOSS_AVERAGING = "detectron2"
+    # New. How `SeMaskFPNHead` brings its stride-4 logits to the image: "stride" (detectron2:
+    # x COMMON_STRIDE, bilinear) or "input" (mmseg: bilinear resize to the network input size
+    # reported by the backbone, then the loss labels' size in training). They differ only on
+    # inputs that are not multiples of COMMON_STRIDE.
+    cfg.MODEL.SEM_SEG_HEAD.LOGITS_RESIZE = "stride"
 
 
 def _add_mask_former_config(cfg: CN) -> None:
@@ -244,6 +253,10 @@ def _add_input_config(cfg: CN) -> None:
     cfg.INPUT.MIN_SCALE = 0.1
     # (see MIN_SCALE)
     cfg.INPUT.MAX_SCALE = 2.0
+    # New. Test-time resize (semask_d2.data.transforms): "detectron2" (ResizeShortestEdge, PIL
+    # bilinear) or "mmseg" (keep-ratio to img_scale (MAX_SIZE_TEST, MIN_SIZE_TEST), cv2
+    # bilinear; SeMask-FPN recipes).
+    cfg.INPUT.TEST_RESIZE = "detectron2"
 
 
 def _add_solver_config(cfg: CN) -> None:

@@ -258,9 +258,12 @@ class TestSemanticSegmentorWithSeMaskFPNHead(unittest.TestCase):
         expected = {"loss_sem_seg": 9.490219116210938, "loss_cate": 0.6510336995124817}
         for arch in ("SemanticSegmentor", "SeMaskSemanticSegmentor"):
             cfg = fpn_cfg()
-            # The pinned numbers predate the recipe's mmseg averaging: check the former one.
+            # The pinned numbers predate the recipe's mmseg averaging: check the former one ...
             cfg.MODEL.SEM_SEG_HEAD.LOSS_AVERAGING = "detectron2"
             cfg.MODEL.SEMASK.PRIOR_LOSS_AVERAGING = "detectron2"
+            # ... and its padding of the odd-sized image to 64x96 (the recipe's is unpadded).
+            cfg.MODEL.SWIN.SIZE_DIVISIBILITY = 32
+            cfg.MODEL.SEM_SEG_HEAD.LOGITS_RESIZE = "stride"
             cfg.MODEL.META_ARCHITECTURE = arch
             model = fpn_model(cfg).train()
             self.assertIsInstance(model, SemanticSegmentor)
@@ -280,19 +283,20 @@ class TestSemanticSegmentorWithSeMaskFPNHead(unittest.TestCase):
         with EventStorage():
             losses = model(inputs)
         self.assertEqual(set(losses), {"loss_sem_seg", "loss_cate"})
-        # SemanticSegmentor pads 64x64 and 45x71 to 64x96 (multiples of 32), labels with 255.
-        labels = torch.full((2, 64, 96), 255, dtype=torch.long)
+        # SemanticSegmentor pads 64x64 and 45x71 to the batch's 64x71 (the recipe's
+        # MODEL.SWIN.SIZE_DIVISIBILITY 0: no multiple of 32), labels with 255.
+        labels = torch.full((2, 64, 71), 255, dtype=torch.long)
         for i, x in enumerate(inputs):
             h, w = x["sem_seg"].shape
             labels[i, :h, :w] = x["sem_seg"]
-        self.assertEqual(tuple(captured["res2_prior"].shape), (2, K, 16, 24))
+        self.assertEqual(tuple(captured["res2_prior"].shape), (2, K, 16, 18))
         reference = SemanticPriorLoss(
             in_features=[f"{f}_prior" for f in FEATURES],
             in_strides=[4, 8, 16, 32],
             ignore_value=255,
             loss_weight=1.0,
             convention="mmseg",
-            # The recipe's mmseg averaging: over all 2 x 64 x 96 label pixels, padding included.
+            # The recipe's mmseg averaging: over all 2 x 64 x 71 label pixels, padding included.
             averaging="mmseg",
         ).train()
         expected = 0.3 * reference(captured, labels)["loss_cate"]

@@ -10,6 +10,7 @@ from detectron2.config import CfgNode, configurable
 from detectron2.data import transforms as T
 
 from ..file_checks import check_size, read_image_checked
+from ..transforms import build_test_resize
 
 __all__ = ["SemanticTestDatasetMapper"]
 
@@ -34,9 +35,7 @@ class SemanticTestDatasetMapper:
     @classmethod
     def from_config(cls, cfg: CfgNode) -> Dict:
         return {
-            "augmentations": [
-                T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, "choice")
-            ],
+            "augmentations": [build_test_resize(cfg)],
             "image_format": cfg.INPUT.FORMAT,
         }
 

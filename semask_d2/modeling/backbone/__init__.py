@@ -1,1 +1,1 @@
-from .semask_swin import SWIN_SIZES, D2SeMaskSwinTransformer, default_sem_windowed
+from .semask_swin import SWIN_SIZES, D2SeMaskSwinTransformer, FeatureDict, default_sem_windowed

@@ -10,7 +10,7 @@ of it, ``NUM_SEM_BLOCKS: 0`` gives a plain Swin, and the semantic layers train u
 init.
 """
 
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +26,13 @@ from ..semantic_prior import prior_feature_name
 from .semantic_layer import SemanticLayer
 from .swin_blocks import PatchEmbed, PatchMerging, SwinBlock, build_shift_mask
 
-__all__ = ["D2SeMaskSwinTransformer", "SeMaskSwinStage", "SWIN_SIZES", "default_sem_windowed"]
+__all__ = [
+    "D2SeMaskSwinTransformer",
+    "FeatureDict",
+    "SeMaskSwinStage",
+    "SWIN_SIZES",
+    "default_sem_windowed",
+]
 
 # Swin sizes (Swin paper, arXiv 2103.14030; official SeMask configs): embed_dim, depths,
 # num_heads, window_size.
@@ -36,6 +42,23 @@ SWIN_SIZES = {
     "base": dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), window_size=12),
     "large": dict(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48), window_size=12),
 }
+
+
+class FeatureDict(dict):
+    """
+    The backbone outputs: a plain dict of feature maps for every consumer, that also remembers
+    the spatial size of the network input. Heads that resize their logits to the input, as
+    mmseg does, read :attr:`input_size`; detectron2's meta-architectures hand the backbone's
+    dict to the head untouched.
+    """
+
+    def __init__(self, input_size: Tuple[int, int]):
+        """
+        Args:
+            input_size (tuple[int, int]): (H, W) of the backbone's input tensor.
+        """
+        super().__init__()
+        self.input_size = input_size
 
 
 def default_sem_windowed(num_classes: int, num_stages: int = 4) -> List[bool]:
@@ -189,6 +212,7 @@ class D2SeMaskSwinTransformer(Backbone):
         sem_dropout: float = 0.1,
         sem_init: str = "mmseg",
         use_checkpoint: bool = False,
+        size_divisibility: int = 32,
     ):
         """
         Args:
@@ -209,6 +233,8 @@ class D2SeMaskSwinTransformer(Backbone):
             sem_init (str): "mmseg" (the branch trains) or "official" (detectron2 SeMask: the
                 attention branch starts at exactly zero and never receives a gradient).
             use_checkpoint (bool): gradient checkpointing of the Swin blocks in training.
+            size_divisibility (int): what meta-architectures pad their inputs to a multiple of;
+                0 for no padding (the stages pad inside, as mmseg's Swin).
             Others: as in Swin (dropout rates, patch size, qkv bias and scale, patch norm).
         """
         super().__init__()
@@ -228,8 +254,14 @@ class D2SeMaskSwinTransformer(Backbone):
         unknown = [f for f in out_features if f not in stage_names]
         if unknown:
             raise ValueError(f"Unknown out_features {unknown}; choose among {stage_names}")
+        if size_divisibility < 0:
+            raise ValueError(
+                f"MODEL.SWIN.SIZE_DIVISIBILITY must be 0 (no padding) or positive, got "
+                f"{size_divisibility}"
+            )
         self.num_classes = num_classes
         self.num_sem_blocks = num_sem_blocks
+        self._size_divisibility = size_divisibility
 
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim, norm=patch_norm)
         if ape:
@@ -312,6 +344,7 @@ class D2SeMaskSwinTransformer(Backbone):
             "sem_dropout": swin.SEM_DROPOUT,
             "sem_init": swin.SEM_INIT,
             "use_checkpoint": swin.USE_CHECKPOINT,
+            "size_divisibility": swin.SIZE_DIVISIBILITY,
         }
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
@@ -319,18 +352,18 @@ class D2SeMaskSwinTransformer(Backbone):
         Args:
             x (Tensor): (B, C, H, W) normalized images; any H, W (padded internally).
         Returns:
-            dict[str, Tensor]: the keys of :meth:`output_shape`.
+            FeatureDict: str -> Tensor, the keys of :meth:`output_shape`; ``input_size`` (H, W).
         """
         if x.dim() != 4:
             raise ValueError(
                 f"D2SeMaskSwinTransformer takes (B, C, H, W) input, got {tuple(x.shape)}"
             )
+        outputs = FeatureDict(input_size=tuple(x.shape[-2:]))
         x, h, w = self.patch_embed(x)
         if self.absolute_pos_embed is not None:
             pos = F.interpolate(self.absolute_pos_embed, size=(h, w), mode="bicubic")
             x = x + pos.flatten(2).transpose(1, 2)
         x = self.pos_drop(x)
-        outputs = {}
         for i, stage in enumerate(self.layers):
             name = f"res{i + 2}"
             out, prior, x, h_next, w_next = stage(x, h, w)
@@ -353,4 +386,4 @@ class D2SeMaskSwinTransformer(Backbone):
 
     @property
     def size_divisibility(self) -> int:
-        return 32
+        return self._size_divisibility

@@ -5,7 +5,7 @@ Picsart-AI-Research/SeMask-Segmentation). Written for semask-d2; no code copied 
 SeMask.
 """
 
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +19,7 @@ from detectron2.modeling.meta_arch.semantic_seg import SemSegFPNHead
 from ..ohem import OHEMPixelSelector
 from ..semantic_prior import build_prior_loss
 
-__all__ = ["SeMaskFPNHead", "LOSS_AVERAGINGS"]
+__all__ = ["SeMaskFPNHead", "LOSS_AVERAGINGS", "LOGITS_RESIZES"]
 
 
 def _mean_over_labelled(logits: torch.Tensor, targets: torch.Tensor, ignore_value: int):
@@ -38,6 +38,22 @@ def _mean_over_all(logits: torch.Tensor, targets: torch.Tensor, ignore_value: in
 LOSS_AVERAGINGS = {"detectron2": _mean_over_labelled, "mmseg": _mean_over_all}
 
 
+def _resize_by_stride(logits: torch.Tensor, size: Tuple[int, int], stride: int) -> torch.Tensor:
+    # detectron2 SemSegFPNHead: x stride; the meta-architecture crops the padding away.
+    return F.interpolate(logits, scale_factor=stride, mode="bilinear", align_corners=False)
+
+
+def _resize_to_size(logits: torch.Tensor, size: Tuple[int, int], stride: int) -> torch.Tensor:
+    # mmseg EncoderDecoder.encode_decode (inference) and decode-head losses (training): a real
+    # rescale when the size is not a multiple of the stride.
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+# MODEL.SEM_SEG_HEAD.LOGITS_RESIZE -> fn((B, K, h, w) logits, (H, W) input or label size,
+# common stride) -> logits at the image resolution.
+LOGITS_RESIZES = {"stride": _resize_by_stride, "input": _resize_to_size}
+
+
 @SEM_SEG_HEADS_REGISTRY.register()
 class SeMaskFPNHead(SemSegFPNHead):
     """
@@ -47,7 +63,8 @@ class SeMaskFPNHead(SemSegFPNHead):
     Per input level of stride s: max(1, log2(s / common_stride)) blocks of [3x3 conv to
     ``conv_dims`` channels (no bias when normalized), norm, ReLU, x2 bilinear upsample
     (align_corners=False) unless s == common_stride]; the levels are summed, dropped out and
-    classified; logits are upsampled x common_stride (align_corners=False). The loss
+    classified; logits are upsampled x common_stride (align_corners=False) or, as mmseg, resized
+    to the network input size (``logits_resize``). The loss
     ``loss_sem_seg`` is a cross-entropy on the upsampled logits times ``loss_weight``, averaged
     over labelled pixels (:class:`SemSegFPNHead`'s) or, as mmseg, over all pixels, optionally on
     the pixels kept by mmseg's OHEM only (:class:`OHEMPixelSelector`); plus the prior loss
@@ -78,6 +95,7 @@ class SeMaskFPNHead(SemSegFPNHead):
         prior_loss: Optional[nn.Module] = None,
         ohem: Optional[OHEMPixelSelector] = None,
         loss_averaging: str = "detectron2",
+        logits_resize: str = "stride",
         **kwargs,
     ):
         """
@@ -91,6 +109,9 @@ class SeMaskFPNHead(SemSegFPNHead):
                 OHEMPixelSampler); None uses every labelled pixel.
             loss_averaging (str): a key of :data:`LOSS_AVERAGINGS`: "detectron2" (mean over
                 the labelled, or kept, pixels) or "mmseg" (mean over all B*H*W pixels).
+            logits_resize (str): a key of :data:`LOGITS_RESIZES`: "stride" (x common_stride)
+                or "input" (mmseg: to the input size the backbone reports in
+                :class:`FeatureDict`, to the label size in training).
             kwargs: the arguments of :class:`SemSegFPNHead` (num_classes, conv_dims,
                 common_stride, loss_weight, norm, ignore_value).
         """
@@ -100,10 +121,16 @@ class SeMaskFPNHead(SemSegFPNHead):
                 f"Unknown MODEL.SEM_SEG_HEAD.LOSS_AVERAGING {loss_averaging!r}; use one of "
                 f"{sorted(LOSS_AVERAGINGS)}"
             )
+        if logits_resize not in LOGITS_RESIZES:
+            raise ValueError(
+                f"Unknown MODEL.SEM_SEG_HEAD.LOGITS_RESIZE {logits_resize!r}; use one of "
+                f"{sorted(LOGITS_RESIZES)}"
+            )
         self.dropout = nn.Dropout2d(dropout)
         self.prior_loss = prior_loss
         self.ohem = ohem
         self.loss_averaging = loss_averaging
+        self.logits_resize = logits_resize
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
@@ -116,6 +143,7 @@ class SeMaskFPNHead(SemSegFPNHead):
                 head.OHEM_MIN_KEPT, head.OHEM_THRESH, ignore_value=head.IGNORE_VALUE
             )
         ret["loss_averaging"] = head.LOSS_AVERAGING
+        ret["logits_resize"] = head.LOGITS_RESIZE
         # The head is the only consumer of the backbone under SemanticSegmentor: an output it
         # ignores leaves parameters without gradient, and DDP fails.
         consumed = set(ret["input_shape"])
@@ -139,16 +167,32 @@ class SeMaskFPNHead(SemSegFPNHead):
         Returns:
             In training (None, {"loss_sem_seg", "loss_cate"}) (no ``loss_cate`` without prior
             maps); in inference ((B, K, H, W) logits, {}): the prior maps are never decoded.
+            H, W: the padded input for "stride", the input size for "input".
         """
         if self.training and targets is None:
             raise ValueError(
                 "SeMaskFPNHead needs 'sem_seg' labels in training: use a dataset with sem_seg "
                 "files and a mapper that emits them (INPUT.DATASET_MAPPER_NAME)"
             )
-        results, losses = super().forward(features, targets)
-        if self.training and self.prior_loss is not None:
+        logits = self.layers(features)
+        if not self.training:
+            return self._resize(logits, self._input_size(features)), {}
+        losses = self.losses(logits, targets)
+        if self.prior_loss is not None:
             losses.update(self.prior_loss(features, targets))
-        return results, losses
+        return None, losses
+
+    def _resize(self, logits: torch.Tensor, size: Optional[Tuple[int, int]]) -> torch.Tensor:
+        return LOGITS_RESIZES[self.logits_resize](logits, size, self.common_stride)
+
+    def _input_size(self, features: Dict[str, torch.Tensor]) -> Optional[Tuple[int, int]]:
+        size = getattr(features, "input_size", None)
+        if size is None and self.logits_resize == "input":
+            raise ValueError(
+                "MODEL.SEM_SEG_HEAD.LOGITS_RESIZE 'input' needs a backbone that reports its "
+                "input size (D2SeMaskSwinTransformer); use 'stride' with this backbone"
+            )
+        return size
 
     def losses(self, predictions: torch.Tensor, targets: torch.Tensor) -> Dict[str, torch.Tensor]:
         """
@@ -159,9 +203,7 @@ class SeMaskFPNHead(SemSegFPNHead):
             dict[str, Tensor]: {"loss_sem_seg": scalar}.
         """
         predictions = predictions.float()  # cross-entropy in fp32 under AMP too
-        predictions = F.interpolate(
-            predictions, scale_factor=self.common_stride, mode="bilinear", align_corners=False
-        )
+        predictions = self._resize(predictions, tuple(targets.shape[-2:]))
         if self.ohem is not None:
             targets = self.ohem(predictions, targets)
         loss = LOSS_AVERAGINGS[self.loss_averaging](predictions, targets, self.ignore_value)
