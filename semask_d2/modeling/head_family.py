@@ -43,6 +43,7 @@ from .mask_former_criterion import MaskFormerSetCriterion
 
 __all__ = [
     "HEAD_FAMILIES",
+    "MULTI_SCALE_PIXEL_DECODER",
     "HeadFamily",
     "StageRule",
     "find_head_family",
@@ -112,7 +113,8 @@ class HeadFamily:
 
 
 _MASKED_DECODER = "MultiScaleMaskedTransformerDecoder"
-_MULTI_SCALE = "multi_scale_pixel_decoder"
+# The predictor reads the pixel decoder's multi-scale maps instead of a backbone feature.
+MULTI_SCALE_PIXEL_DECODER = "multi_scale_pixel_decoder"
 
 HEAD_FAMILIES: Tuple[HeadFamily, ...] = (
     HeadFamily(
@@ -127,7 +129,7 @@ HEAD_FAMILIES: Tuple[HeadFamily, ...] = (
     ),
     HeadFamily(
         name="Mask2Former",
-        transformer_in_feature=_MULTI_SCALE,
+        transformer_in_feature=MULTI_SCALE_PIXEL_DECODER,
         pixel_decoder="MSDeformAttnPixelDecoder",
         transformer_decoders=(_MASKED_DECODER,),
         predictor=_MASKED_DECODER,
@@ -136,7 +138,7 @@ HEAD_FAMILIES: Tuple[HeadFamily, ...] = (
     ),
     HeadFamily(
         name="FaPN",
-        transformer_in_feature=_MULTI_SCALE,
+        transformer_in_feature=MULTI_SCALE_PIXEL_DECODER,
         pixel_decoder="PixelFANDecoder",
         transformer_decoders=(_MASKED_DECODER,),
         predictor=_MASKED_DECODER,
@@ -145,7 +147,7 @@ HEAD_FAMILIES: Tuple[HeadFamily, ...] = (
     ),
     HeadFamily(
         name="MSFaPN",
-        transformer_in_feature=_MULTI_SCALE,
+        transformer_in_feature=MULTI_SCALE_PIXEL_DECODER,
         pixel_decoder="MSDeformAttnPixelFANDecoder",
         transformer_decoders=(_MASKED_DECODER,),
         predictor=_MASKED_DECODER,

@@ -1,7 +1,9 @@
 """
-SeMask-Mask2Former (registry name of the official code): SeMask Swin backbone, Mask2Former head,
-set criterion and the shared semantic prior loss (official detectron2 convention). Semantic,
-panoptic and instance inference as Mask2Former (``mask2former/maskformer_model.py``).
+SeMask-MaskFormer / SeMask-Mask2Former / SeMask-FaPN (registry name of the official code): SeMask
+Swin backbone, mask-classification head, the head family's set criterion
+(semask_d2/modeling/head_family.py) and the shared semantic prior loss (official detectron2
+convention). Semantic, panoptic and instance inference as Mask2Former
+(``mask2former/maskformer_model.py``); MaskFormer's semantic inference is the same.
 """
 
 from typing import Dict, List, Optional
@@ -17,7 +19,7 @@ from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
 from detectron2.utils.memory import retry_if_cuda_oom
 
-from ..criterion import SetCriterion
+from ..head_family import head_family
 from ..mask_former_inference import instance_inference, panoptic_inference, semantic_inference
 from ..semantic_prior import build_prior_loss
 
@@ -102,7 +104,7 @@ class SeMaskMaskFormer(nn.Module):
         return {
             "backbone": backbone,
             "sem_seg_head": build_sem_seg_head(cfg, shapes),
-            "criterion": SetCriterion(cfg),
+            "criterion": head_family(cfg).criterion(cfg),
             "prior_loss": build_prior_loss(cfg, shapes),
             "size_divisibility": mf.SIZE_DIVISIBILITY,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
