@@ -21,6 +21,7 @@ from detectron2.utils.events import EventStorage
 
 from semask_d2 import add_semask_config
 from semask_d2.modeling.criterion import SetCriterion
+from semask_d2.modeling.head_family import head_family
 from semask_d2.modeling.pixel_decoder import (
     PIXEL_DECODER_REGISTRY,
     FeatureAlign,
@@ -347,6 +348,7 @@ class OfficialDumpChecks:
     """The full SeMask-L model of an official dump, built once on the meta device."""
 
     FAMILY = ""
+    FAMILY_NAME = ""
     PARAMS = 0
     DECODER_PARAMS = 0
 
@@ -381,8 +383,9 @@ class OfficialDumpChecks:
         self.assertEqual(count, expected)
 
     def test_family_stage_rule_predictor_and_criterion(self):
-        # The dump states no rule: the family's (semask_d2/modeling/head_family.py) applies.
+        # The dump states no rule: its family's applies.
         self.assertEqual(self.cfg.MODEL.SWIN.SEM_WINDOWED, [])
+        self.assertEqual(head_family(self.cfg).name, self.FAMILY_NAME)
         windowed = [stage.semantic_layer.windowed for stage in self.model.backbone.layers]
         self.assertEqual(windowed, [True, True, False, False])
         decoder = self.model.sem_seg_head.pixel_decoder
@@ -417,6 +420,7 @@ class OfficialDumpChecks:
 
 class TestOfficialFaPNDump(OfficialDumpChecks, unittest.TestCase):
     FAMILY = "fapn"
+    FAMILY_NAME = "FaPN"
     # Official: 226,745,479 (paper: 227M).
     PARAMS = 226_745_479
     DECODER_PARAMS = 9_903_240
@@ -424,6 +428,7 @@ class TestOfficialFaPNDump(OfficialDumpChecks, unittest.TestCase):
 
 class TestOfficialMSFaPNDump(OfficialDumpChecks, unittest.TestCase):
     FAMILY = "msfapn"
+    FAMILY_NAME = "MSFaPN"
     # Official: 223,851,415 (paper: 224M).
     PARAMS = 223_851_415
     DECODER_PARAMS = 7_009_176
