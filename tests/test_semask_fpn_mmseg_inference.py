@@ -21,10 +21,12 @@ from detectron2.data import transforms as T
 from detectron2.utils.events import EventStorage
 
 from semask_d2 import add_semask_config
+from semask_d2.data.dataset_mappers.mmseg_tta_dataset_mapper import MMSegMultiScaleFlipMapper
 from semask_d2.data.dataset_mappers.semantic_test_dataset_mapper import SemanticTestDatasetMapper
 from semask_d2.data.transforms import CV2ResizeTransform, MMSegKeepRatioResize, build_test_resize
 
 from semask_d2.modeling.backbone import FeatureDict
+from semask_d2.modeling.test_time_augmentation import SemanticSegmentorWithTTA
 
 from model_fixtures import CONFIG_DIR, tiny_cfg, tiny_model
 
@@ -253,6 +255,54 @@ class TestMMSegTestResize(unittest.TestCase):
         cfg.INPUT.TEST_RESIZE = "pil"
         with self.assertRaisesRegex(ValueError, "Unknown INPUT.TEST_RESIZE 'pil'"):
             build_test_resize(cfg)
+
+
+class TestMMSegMultiScaleFlip(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(self.tmp.cleanup)
+        rng = np.random.default_rng(3)
+        self.image = rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)
+        self.path = os.path.join(self.tmp.name, "x.png")
+        Image.fromarray(self.image).save(self.path)
+        cfg = mmseg_cfg()
+        cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 32, 128
+        cfg.INPUT.TEST_RESIZE = "mmseg"
+        cfg.TEST.AUG.MIN_SIZES = [16, 48]
+        cfg.TEST.AUG.FLIP = True
+        self.cfg = cfg
+
+    def test_views_are_resized_from_the_original_file(self):
+        mapper = MMSegMultiScaleFlipMapper(self.cfg)
+        # A test-resized image in the record must not be what the views start from.
+        record = {"file_name": self.path, "height": 40, "width": 60, "image": torch.zeros(3, 8, 8)}
+        views = mapper(record)
+        # Ratios 0.5 and 1.5 of img_scale (128, 32): (64, 16) -> 16x24, (192, 48) -> 48x72.
+        self.assertEqual(
+            [tuple(v["image"].shape[-2:]) for v in views], [(16, 24)] * 2 + [(48, 72)] * 2
+        )
+        for i, (w, h) in enumerate(((24, 16), (72, 48))):
+            want = cv2.resize(self.image, (w, h), interpolation=cv2.INTER_LINEAR)
+            plain, flipped = views[2 * i]["image"], views[2 * i + 1]["image"]
+            np.testing.assert_array_equal(plain.permute(1, 2, 0).numpy(), want)
+            torch.testing.assert_close(flipped, plain.flip(-1))
+        self.assertTrue(all((v["height"], v["width"]) == (40, 60) for v in views))
+
+    def test_tta_averages_the_probabilities_of_the_views(self):
+        model = with_random_batch_norm_statistics(tiny_model(self.cfg))
+        tta = SemanticSegmentorWithTTA(self.cfg, model)
+        self.assertIsInstance(tta.tta_mapper, MMSegMultiScaleFlipMapper)
+        record = {"file_name": self.path, "height": 40, "width": 60, "image": torch.zeros(3, 8, 8)}
+        with torch.no_grad():
+            got = tta([record])[0]["sem_seg"]
+            views = MMSegMultiScaleFlipMapper(self.cfg)(record)
+            probs = []
+            for i, view in enumerate(views):
+                view.pop("transforms")
+                p = model([view])[0]["sem_seg"].softmax(dim=0)
+                probs.append(p.flip(-1) if i % 2 else p)
+        self.assertEqual(tuple(got.shape), (K, 40, 60))
+        torch.testing.assert_close(got, sum(probs) / 4)
 
 
 class TestShippedFPNConfigsInferAsMMSeg(unittest.TestCase):

@@ -1,10 +1,11 @@
 """
 Multi-scale and flip test-time augmentation for semantic segmentation.
 
-Each image is resized by detectron2's ``DatasetMapperTTA`` to every short side of
-TEST.AUG.MIN_SIZES (long side capped at TEST.AUG.MAX_SIZE), and also flipped when TEST.AUG.FLIP;
-the per-view class scores are brought back to the original height/width, un-flipped, turned into
-probabilities and averaged.
+Each image is resized to every short side of TEST.AUG.MIN_SIZES, and also flipped when
+TEST.AUG.FLIP, by the mapper INPUT.TEST_RESIZE names: detectron2's ``DatasetMapperTTA`` (long side
+capped at TEST.AUG.MAX_SIZE) or mmseg's multi-scale flip (long side MAX_SIZE_TEST x the same
+ratio, cv2, from the original file). The per-view class scores are brought back to the original
+height/width, un-flipped, turned into probabilities and averaged.
 """
 
 import copy
@@ -19,7 +20,13 @@ from detectron2.config import configurable
 from detectron2.data.transforms import HFlipTransform
 from detectron2.modeling import DatasetMapperTTA
 
-__all__ = ["SemanticSegmentorWithTTA"]
+from ..data.dataset_mappers.mmseg_tta_dataset_mapper import MMSegMultiScaleFlipMapper
+
+__all__ = ["SemanticSegmentorWithTTA", "TTA_MAPPERS"]
+
+# INPUT.TEST_RESIZE -> the mapper from a test record to its views: detectron2's (re-resizes the
+# test-resized image) or mmseg's (views resized from the original file).
+TTA_MAPPERS = {"detectron2": DatasetMapperTTA, "mmseg": MMSegMultiScaleFlipMapper}
 
 
 class SemanticSegmentorWithTTA(nn.Module):
@@ -52,7 +59,7 @@ class SemanticSegmentorWithTTA(nn.Module):
     def from_config(cls, cfg, model):
         return {
             "model": model,
-            "tta_mapper": DatasetMapperTTA(cfg),
+            "tta_mapper": TTA_MAPPERS[cfg.INPUT.TEST_RESIZE](cfg),
             "softmax": cfg.TEST.AUG.SOFTMAX,
         }
 
