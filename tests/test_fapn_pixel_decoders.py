@@ -220,6 +220,12 @@ class TestPixelFANDecoder(unittest.TestCase):
         for ours, expected in zip(multi_scale, expected_multi):
             torch.testing.assert_close(ours, expected, rtol=0, atol=1e-10)
 
+    def test_channels_must_suit_the_deformable_groups(self):
+        cfg = decoder_cfg("fapn", conv_dim=12)
+        cfg.MODEL.SEM_SEG_HEAD.NORM = ""  # GroupNorm(32) would reject 12 channels first
+        with self.assertRaisesRegex(ValueError, "not divisible by 8 .*CONVS_DIM"):
+            build_pixel_decoder(cfg, self.input_shape)
+
     def test_keys_and_shapes_match_official_swin_l(self):
         expected = official_keys(
             "sem_seg_head.pixel_decoder.", "semask_swinL_fapn_mask2former_ade20k.txt"

@@ -92,7 +92,8 @@ class ModulatedDeformConv(nn.Module):
         if in_channels % deformable_groups:
             raise ValueError(
                 f"{in_channels} input channels are not divisible by {deformable_groups} "
-                "deformable groups; use a channel count that is a multiple of it"
+                "deformable groups; use a multiple of it (FaPN pixel decoders: "
+                "MODEL.SEM_SEG_HEAD.CONVS_DIM)"
             )
         self.padding = kernel_size // 2
         self.num_offsets = 2 * deformable_groups * kernel_size**2
