@@ -64,9 +64,12 @@ class SemanticAttention(nn.Module):
             (Tensor, Tensor): the prior logits Q (B', N, K) and the output tokens (B', N, C).
         """
         q = self.mlp_cls_q(x)
-        # scale=1.0: the official attention is unscaled.
-        f = F.scaled_dot_product_attention(q, self.mlp_cls_k(x), self.mlp_v(x), scale=1.0)
-        return q, self.gamma * self.proj_drop(self.mlp_res(f)) + x
+        # scale=1.0: the official attention is unscaled. One explicit head axis: the ONNX
+        # exporter translates 4-D attention only.
+        f = F.scaled_dot_product_attention(
+            q[:, None], self.mlp_cls_k(x)[:, None], self.mlp_v(x)[:, None], scale=1.0
+        )
+        return q, self.gamma * self.proj_drop(self.mlp_res(f[:, 0])) + x
 
 
 class SemanticLayer(nn.Module):

@@ -31,16 +31,18 @@ __all__ = [
 ]
 
 
+def _pad_amount(size, multiple: int):
+    # ceil(size / m) * m - size: traced, the padded size is visibly a multiple of m.
+    return (size + multiple - 1) // multiple * multiple - size
+
+
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     """
     Zero-pad a (B, H, W, C) tensor at the bottom and right so H and W are multiples of `multiple`.
+    Branch-free (a zero pad is a copy), so that a graph traced with dynamic H, W pads any size.
     """
     _, h, w, _ = x.shape
-    pad_h = (multiple - h % multiple) % multiple
-    pad_w = (multiple - w % multiple) % multiple
-    if pad_h or pad_w:
-        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
-    return x
+    return F.pad(x, (0, 0, 0, _pad_amount(w, multiple), 0, _pad_amount(h, multiple)))
 
 
 def window_partition(x: torch.Tensor, window_size: int) -> torch.Tensor:
@@ -61,33 +63,75 @@ class WindowOrder(NamedTuple):
     multiples of the window, cyclically shifted and cut into windows (see :func:`window_order`).
     """
 
-    # (hp * wp,) int64: the token read at each windowed position (0 at padding positions).
+    # (hp * wp,) int64: the token read at each windowed position; h * w at padding positions,
+    # the index of the zero token that :func:`split_windows` appends.
     gather: torch.Tensor
-    # (num_padding,) int64: the windowed positions holding padding.
-    padding: torch.Tensor
     # (h * w,) int64: the windowed position of each token.
     scatter: torch.Tensor
 
 
-@functools.lru_cache(maxsize=64)
-# Normal tensors even when first called under inference_mode: cached ones are reused in training.
-@torch.inference_mode(False)
-def window_order(h: int, w: int, window_size: int, shift: int, device: torch.device) -> WindowOrder:
+def padded_size(size, window_size: int):
+    """`size` rounded up to a multiple of `window_size`; an int, or a SymInt when traced."""
+    # The expression SeMaskSwinStage uses for the shift mask: traced window counts then match.
+    return size + (-size) % window_size
+
+
+def _window_grid(hp, wp, window_size: int, device: torch.device):
+    """
+    Row and column, in an (hp, wp) grid, of every position of its windows, as broadcastable
+    (hp/ws, 1, ws, 1) and (1, wp/ws, 1, ws) int64 tensors in window-major order. Built from
+    aranges, never by splitting a symbolic size: traced, it holds for any hp, wp.
+    """
+    ws = window_size
+    offsets = torch.arange(ws, device=device)
+    rows = torch.arange(hp // ws, device=device)[:, None] * ws + offsets
+    cols = torch.arange(wp // ws, device=device)[:, None] * ws + offsets
+    return rows[:, None, :, None], cols[None, :, None, :]
+
+
+def _wrap(index: torch.Tensor, size) -> torch.Tensor:
+    """`index` mod `size` for indices in [0, 2 * size): a modulo by a traced size that exports."""
+    return torch.where(index >= size, index - size, index)
+
+
+def window_order_uncached(h, w, window_size: int, shift: int, device: torch.device) -> WindowOrder:
+    """
+    :func:`window_order` without a cache or a data-dependent op: with `h` and `w` symbolic it
+    traces into a graph valid for any size.
+    """
+    ws = window_size
+    hp, wp = padded_size(h, ws), padded_size(w, ws)
+    # Rolling by -shift reads the padded grid at (position + shift) mod size.
+    rows, cols = _window_grid(hp, wp, ws, device)
+    rows, cols = _wrap(rows + shift, hp), _wrap(cols + shift, wp)
+    gather = torch.where((rows < h) & (cols < w), rows * w + cols, h * w).flatten()
+    # Inverse: token (r, c) sits at rolled position ((r - shift) mod hp, (c - shift) mod wp),
+    # here the rolled aranges, then at that position's index in window-major order.
+    rows = torch.roll(torch.arange(hp, device=device), shift)[:h, None]
+    cols = torch.roll(torch.arange(wp, device=device), shift)[None, :w]
+    window = (rows // ws) * (wp // ws) + cols // ws
+    scatter = (window * (ws * ws) + (rows % ws) * ws + cols % ws).flatten()
+    return WindowOrder(gather, scatter)
+
+
+_window_order_cached = functools.lru_cache(maxsize=64)(
+    # Normal tensors even when first called under inference_mode: cached ones are reused in
+    # training.
+    torch.inference_mode(False)(window_order_uncached)
+)
+
+
+def window_order(h, w, window_size: int, shift: int, device: torch.device) -> WindowOrder:
     """
     Pad, roll by `-shift` and :func:`window_partition` as one token permutation, so that a
     single gather replaces three copies of the map and a single gather undoes them (window
-    reverse, roll back, crop). Cached: the same few grids recur in every forward.
+    reverse, roll back, crop). Cached in eager mode: the same few grids recur in every forward.
+    Computed afresh while tracing (``torch.export``, ``torch.compile``): a cache would keep the
+    tracer's fake tensors, and symbolic sizes cannot be hashed.
     """
-    hp, wp = h + (-h) % window_size, w + (-w) % window_size
-    ids = torch.full((hp, wp), -1, dtype=torch.int64, device=device)
-    ids[:h, :w] = torch.arange(h * w, device=device).view(h, w)
-    if shift:
-        ids = torch.roll(ids, shifts=(-shift, -shift), dims=(0, 1))
-    order = window_partition(ids.view(1, hp, wp, 1), window_size).flatten()
-    is_token = order >= 0
-    scatter = torch.empty(h * w, dtype=torch.int64, device=device)
-    scatter[order[is_token]] = is_token.nonzero().squeeze(1)
-    return WindowOrder(order.clamp(min=0), (~is_token).nonzero().squeeze(1), scatter)
+    if torch.compiler.is_compiling():
+        return window_order_uncached(h, w, window_size, shift, device)
+    return _window_order_cached(h, w, window_size, shift, device)
 
 
 def split_windows(x: torch.Tensor, order: WindowOrder, window_size: int) -> torch.Tensor:
@@ -97,9 +141,8 @@ def split_windows(x: torch.Tensor, order: WindowOrder, window_size: int) -> torc
     Returns:
         Tensor: (B * num_windows, window_size * window_size, C), zeros at the padding.
     """
-    windows = x.index_select(1, order.gather)
-    if order.padding.numel() > 0:
-        windows.index_fill_(1, order.padding, 0.0)
+    # One zero token at index h * w, read at every padding position: no branch on the padding.
+    windows = F.pad(x, (0, 0, 0, 1)).index_select(1, order.gather)
     return windows.view(-1, window_size * window_size, x.shape[-1])
 
 
@@ -122,26 +165,21 @@ def relative_position_index(window_size: int) -> torch.Tensor:
     return rel[..., 0] * (2 * window_size - 1) + rel[..., 1]
 
 
-def build_shift_mask(
-    h: int, w: int, window_size: int, shift: int, device: torch.device
-) -> torch.Tensor:
+def build_shift_mask(hp, wp, window_size: int, shift: int, device: torch.device) -> torch.Tensor:
     """
-    Attention mask of shifted windows on a padded (h, w) grid: 0 between tokens of the same
-    region, -100 between tokens that the cyclic shift brought together.
+    Attention mask of shifted windows on a padded (hp, wp) grid: 0 between tokens of the same
+    region, -100 between tokens that the cyclic shift brought together. The regions are the
+    rows [0, hp - ws), [hp - ws, hp - shift), [hp - shift, hp) times the same for columns.
 
     Returns:
         Tensor: (num_windows, W*W, W*W) float mask.
     """
-    region = torch.zeros((1, h, w, 1), device=device)
-    bounds = (slice(0, -window_size), slice(-window_size, -shift), slice(-shift, None))
-    label = 0
-    for hs in bounds:
-        for ws in bounds:
-            region[:, hs, ws, :] = label
-            label += 1
-    ids = window_partition(region, window_size).squeeze(-1)
+    rows, cols = _window_grid(hp, wp, window_size, device)
+    region_rows = (rows >= hp - window_size).long() + (rows >= hp - shift).long()
+    region_cols = (cols >= wp - window_size).long() + (cols >= wp - shift).long()
+    ids = (region_rows * 3 + region_cols).flatten(0, 1).flatten(1)
     mask = ids[:, None, :] - ids[:, :, None]
-    return mask.masked_fill(mask != 0, -100.0).masked_fill(mask == 0, 0.0)
+    return torch.where(mask != 0, -100.0, 0.0)
 
 
 class DropPath(nn.Module):
@@ -313,8 +351,7 @@ class PatchEmbed(nn.Module):
         """
         p = self.patch_size
         _, _, h, w = x.shape
-        x = F.pad(x, (0, (p - w % p) % p, 0, (p - h % p) % p))
-        x = self.proj(x)
+        x = self.proj(F.pad(x, (0, _pad_amount(w, p), 0, _pad_amount(h, p))))
         h, w = x.shape[2:]
         x = x.flatten(2).transpose(1, 2)
         if self.norm is not None:

@@ -1,0 +1,130 @@
+"""
+ONNX export of a :class:`SemSegGraph` with dynamic height and width, its check, and the
+comparison of ONNX Runtime with PyTorch.
+
+The graph is captured by ``torch.export`` with symbolic H and W (an error, not a silent
+specialisation, when some operation would fix them), then translated by the ONNX exporter
+(``torch.onnx.export(..., dynamo=True)``). ``onnx``, ``onnxruntime`` and ``onnxscript`` come with
+the ``export`` extra of the package and are imported only here, when used.
+"""
+
+import logging
+from typing import Dict
+
+import numpy as np
+import torch
+import torch.fx.experimental._config as fx_config
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from .sem_seg_graph import SemSegGraph
+
+__all__ = [
+    "DEFAULT_OPSET",
+    "ExportError",
+    "compare_sem_seg",
+    "export_onnx",
+    "onnxruntime_session",
+]
+
+logger = logging.getLogger(__name__)
+
+# ONNX opset of the exported graphs: 18 has every operator the models need (GridSample,
+# Resize with antialias off, LayerNormalization) and runs on ONNX Runtime >= 1.14.
+DEFAULT_OPSET = 18
+INPUT_NAME, OUTPUT_NAME = "image", "sem_seg"
+
+
+class ExportError(ValueError):
+    """The model or the environment cannot produce the ONNX graph; one-line message."""
+
+
+def _import_onnx():
+    try:
+        import onnx
+        import onnxruntime
+        import onnxscript  # noqa: F401  (the dynamo exporter's translator)
+    except ImportError as e:
+        raise ExportError(
+            f"{e.name} is not installed: pip install -e '.[export]' (onnx, onnxruntime, "
+            "onnxscript)"
+        ) from None
+    return onnx, onnxruntime
+
+
+def export_onnx(graph: SemSegGraph, sample: torch.Tensor, path: str, opset: int = DEFAULT_OPSET):
+    """
+    Export `graph` to the ONNX file `path` with input ``image`` (3, H, W) and output
+    ``sem_seg`` (K, H, W), H and W dynamic, then check the file with ``onnx.checker``.
+
+    Args:
+        graph (SemSegGraph): the graph, in eval mode, on the CPU.
+        sample (Tensor): (3, H, W) float32 example image; any size the model accepts.
+        path (str): the .onnx file to write.
+        opset (int): ONNX opset version (>= 17).
+    """
+    onnx, _ = _import_onnx()
+    if opset < 17:
+        raise ExportError(f"--opset {opset} is too old: the graphs need opset 17 or later")
+    dims = {1: torch.export.Dim.DYNAMIC, 2: torch.export.Dim.DYNAMIC}
+    # The math attention kernel fixes the layout of attention outputs while tracing; the fused
+    # CPU kernel returns another, which the exporter's later passes cannot view.
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), fx_config.patch(backed_size_oblivious=True):
+        program = torch.export.export(
+            graph, (sample,), dynamic_shapes={INPUT_NAME: dims}, strict=False
+        )
+    _check_dynamic(program)
+    with torch.no_grad():
+        onnx_program = torch.onnx.export(
+            program,
+            dynamo=True,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            opset_version=opset,
+            verbose=False,
+        )
+    onnx_program.save(path)
+    onnx.checker.check_model(path, full_check=True)
+    logger.info("Wrote %s (opset %d), onnx.checker passed", path, opset)
+
+
+def _check_dynamic(program) -> None:
+    image = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == INPUT_NAME)
+    fixed = [
+        name for name, size in zip(("H", "W"), image.meta["val"].shape[1:]) if isinstance(size, int)
+    ]
+    if fixed:
+        raise ExportError(f"torch.export fixed {' and '.join(fixed)} to the sample image's size")
+    logger.info("Traced with dynamic H, W; value ranges %s", program.range_constraints)
+
+
+def onnxruntime_session(path: str, threads: int = 2):
+    """An ONNX Runtime CPU session of `path` with `threads` intra-op threads."""
+    _, ort = _import_onnx()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+def compare_sem_seg(onnx_out: np.ndarray, torch_out: torch.Tensor) -> Dict[str, float]:
+    """
+    Args:
+        onnx_out (ndarray): (K, H, W) ONNX Runtime ``sem_seg``.
+        torch_out (Tensor): (K, H, W) PyTorch ``sem_seg``.
+    Returns:
+        dict: "max_abs_diff"; "within_1e-4", the fraction of values within 1e-4; "argmax_agree",
+        the fraction of pixels whose top class is the same.
+    """
+    ref = torch_out.detach().cpu().double()
+    out = torch.from_numpy(np.asarray(onnx_out)).double()
+    if out.shape != ref.shape:
+        raise ExportError(
+            f"ONNX Runtime returned {tuple(out.shape)}, PyTorch {tuple(ref.shape)}: the graph "
+            "does not follow the model"
+        )
+    diff = (out - ref).abs()
+    return {
+        "max_abs_diff": diff.max().item(),
+        "within_1e-4": (diff <= 1e-4).double().mean().item(),
+        "argmax_agree": (out.argmax(0) == ref.argmax(0)).double().mean().item(),
+    }
