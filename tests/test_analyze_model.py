@@ -126,18 +126,24 @@ class TestFlopHandles(unittest.TestCase):
         self.assertEqual(total, 1280 + 1280 + 640 + 120)
 
 
+FAPN_TINY_CONFIG = (
+    "ade20k/semantic-segmentation/semask_fapn/fapn_maskformer2_semask_swin_tiny_bs16_160k.yaml"
+)
+
+
 class TestAnalyzeModel(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.tool = load_script("tools/analyze_model.py")
         cls.tmp = tempfile.TemporaryDirectory()
+        bases = {**TINY_CONFIGS, "fapn": FAPN_TINY_CONFIG}
         cls.configs = {
             family: write_tiny_config(
                 os.path.join(cls.tmp.name, f"{family}.yaml"),
-                os.path.join(CONFIG_DIR, TINY_CONFIGS[family]),
+                os.path.join(CONFIG_DIR, base),
                 {"MODEL": {"SEM_SEG_HEAD": {"NUM_CLASSES": 5}}, "DATASETS": {"TEST": []}},
             )
-            for family in TINY_CONFIGS
+            for family, base in bases.items()
         }
 
     @classmethod
@@ -150,9 +156,9 @@ class TestAnalyzeModel(unittest.TestCase):
             code = self.tool.main(argv)
         return code, out.getvalue(), err.getvalue()
 
-    def analyze(self, family, *extra):
+    def analyze(self, family, *extra, tasks=None):
         path = os.path.join(self.tmp.name, f"{family}.json")
-        argv = ["--config-file", self.configs[family], "--tasks", *self.tool.TASKS]
+        argv = ["--config-file", self.configs[family], "--tasks", *(tasks or self.tool.TASKS)]
         code, out, err = self.run_tool(argv + ["--json", path, *extra])
         self.assertEqual(code, 0, err)
         with open(path) as f:
@@ -190,6 +196,16 @@ class TestAnalyzeModel(unittest.TestCase):
         for op in ("baddbmm", "grid_sampler", "addcmul_", "einsum", "scaled_dot_product_attention"):
             self.assertGreater(flops["by_operator"].get(op, 0), 0, op)
         self.assertEqual(flops["total_std"], 0.0)
+
+    def test_fapn_counts_deformable_convolution(self):
+        report, _ = self.analyze("fapn", "--size", "64", "64", tasks=["flop"])
+        flops = report["flop"]
+        self.assertEqual(flops["unsupported"], {})
+        # Three FeatureAlign modules, each one modulated deformable 3x3 conv (32 -> 32
+        # channels) at strides 16, 8, 4 of a 64x64 image: conv plus 4 per sampled value.
+        positions = 4 * 4 + 8 * 8 + 16 * 16
+        expected = (32 * 32 * 9 + 4 * 32 * 9) * positions
+        self.assertEqual(flops["by_operator"]["deform_conv2d"], expected)
 
     def test_flops_scale_with_the_image(self):
         small, _ = self.analyze("fpn", "--size", "128", "128")
@@ -299,15 +315,30 @@ class TestModelZooCommands(unittest.TestCase):
         cfg.merge_from_file(path)
         cfg.merge_from_list(opts)
 
-    def test_each_evaluation_uses_the_converted_file(self):
-        outputs = set()
+    def test_weights_come_from_the_conversion_commands(self):
+        converted = {
+            "tools/convert_semask_fpn_mmseg.py": set(),
+            "tools/convert_swin_imagenet.py": set(),
+        }
+        evaluations = []
         for command in zoo_commands():
-            argv = shlex.split(command)
-            if "convert_" in argv[1]:
-                outputs.add(argv[3])
+            script, *argv = shlex.split(command)[1:]
+            if script in converted:
+                converted[script].add(argv[1])
             elif "--eval-only" in argv:
+                evaluations.append(argv)
+        for argv in evaluations:
+            config_file = argv[argv.index("--config-file") + 1]
+            with self.subTest(config=config_file):
+                # The released mmseg SeMask-FPN files are evaluated after conversion.
                 weights = argv[argv.index("MODEL.WEIGHTS") + 1]
-                self.assertTrue(weights in outputs or weights.endswith(".pth"), command)
+                converted_fpn = converted["tools/convert_semask_fpn_mmseg.py"]
+                self.assertEqual(weights in converted_fpn, "/semask_fpn/" in config_file)
+                # The recipe's starting point is one of the converted ImageNet Swin files.
+                cfg = get_cfg()
+                add_semask_config(cfg)
+                cfg.merge_from_file(os.path.join(REPO, config_file))
+                self.assertIn(cfg.MODEL.WEIGHTS, converted["tools/convert_swin_imagenet.py"])
 
 
 if __name__ == "__main__":

@@ -51,8 +51,6 @@ from semask_d2.utils.flop_handles import (
     UNCOUNTED_ELEMENTWISE_OPS,
 )
 
-TASKS = ("parameter", "flop", "activation", "structure")
-
 
 class AnalysisError(ValueError):
     """A user error: bad config file, key or size."""
@@ -165,37 +163,47 @@ def _format_ops(ops: Dict[str, int]) -> str:
     return ", ".join(f"{op} x{n}" for op, n in ops.items()) or "none"
 
 
-def run_task(task: str, model, batches, args) -> Dict:
-    """Run one task, print its report and return its numbers."""
-    if task == "parameter":
-        total = parameter_count(model)[""]
-        print(f"Parameter count:\n{parameter_count_table(model, max_depth=args.max_depth)}")
-        print(f"Parameters: {total:,}")
-        return {"total": total}
-    if task == "structure":
-        print(f"Model structure:\n{model}")
-        return {}
+def parameter_task(model, batches, args) -> Dict:
+    total = parameter_count(model)[""]
+    print(f"Parameter count:\n{parameter_count_table(model, max_depth=args.max_depth)}")
+    print(f"Parameters: {total:,}")
+    return {"total": total}
+
+
+def flop_task(model, batches, args) -> Dict:
     with torch.no_grad():
-        if task == "activation":
-            result = count_activations(model, batches)
-            print(f"Activations (millions) by operator: {result['by_operator']}")
-            print(f"Activations: {result['total']:.2f}M +- {result['total_std']:.2f}M")
-            return result
         result = count_flops(model, batches, args.max_depth)
+    by_operator = {op: round(n / 1e9, 3) for op, n in result["by_operator"].items()}
     print(f"FLOPs of the first input (fvcore: one multiply-add = one flop):\n{result['table']}")
-    print(
-        f"GFLOPs by operator: {({k: round(v / 1e9, 3) for k, v in result['by_operator'].items()})}"
-    )
-    print(
-        "Not counted, elementwise (fvcore convention): "
-        + _format_ops(result["uncounted_elementwise"])
-    )
-    print(
-        "Unsupported, no handle (cost missing from the total): "
-        + _format_ops(result["unsupported"])
-    )
+    print(f"GFLOPs by operator: {by_operator}")
+    elementwise = _format_ops(result["uncounted_elementwise"])
+    print(f"Not counted, elementwise (fvcore convention): {elementwise}")
+    unsupported = _format_ops(result["unsupported"])
+    print(f"Unsupported, no handle (cost missing from the total): {unsupported}")
     print(f"GFLOPs: {result['total'] / 1e9:.2f} +- {result['total_std'] / 1e9:.2f}")
     return {k: v for k, v in result.items() if k != "table"}
+
+
+def activation_task(model, batches, args) -> Dict:
+    with torch.no_grad():
+        result = count_activations(model, batches)
+    print(f"Activations (millions) by operator: {result['by_operator']}")
+    print(f"Activations: {result['total']:.2f}M +- {result['total_std']:.2f}M")
+    return result
+
+
+def structure_task(model, batches, args) -> Dict:
+    print(f"Model structure:\n{model}")
+    return {}
+
+
+# Task name -> function(model, batches, args) that prints its report and returns its numbers.
+TASKS = {
+    "parameter": parameter_task,
+    "flop": flop_task,
+    "activation": activation_task,
+    "structure": structure_task,
+}
 
 
 def parse_args(argv=None):
@@ -205,7 +213,9 @@ def parse_args(argv=None):
         epilog="\n".join(__doc__.strip().splitlines()[1:]),
     )
     parser.add_argument("--config-file", required=True, metavar="FILE", help="path to config")
-    parser.add_argument("--tasks", choices=TASKS, required=True, nargs="+", help="what to report")
+    parser.add_argument(
+        "--tasks", choices=list(TASKS), required=True, nargs="+", help="what to report"
+    )
     parser.add_argument(
         "-n",
         "--num-inputs",
@@ -250,7 +260,7 @@ def main(argv=None) -> int:
     report = {"config_file": args.config_file, "input_size": list(size), "seconds": {}}
     for task in args.tasks:
         start = time.perf_counter()
-        report[task] = run_task(task, model, batches, args)
+        report[task] = TASKS[task](model, batches, args)
         report["seconds"][task] = round(time.perf_counter() - start, 2)
     print(f"Seconds per task: {report['seconds']}")
     if args.json:
