@@ -86,9 +86,9 @@ def _add_swin_config(cfg: CN) -> None:
     # the backbone at 150 while the head has 171 (tools/convert_semask_fpn_mmseg.py prints it).
     cfg.MODEL.SWIN.NUM_PRIOR_CLASSES = 0
     # New. Per stage, True for windowed and False for global semantic attention, e.g.
-    # [true, true, false, false] for the mmseg SeMask-FPN T/S/L rule. Empty: the official
-    # detectron2 rule (stages 0-2 windowed, stage 3 global with 150 classes; all windowed
-    # otherwise).
+    # [true, true, false, false] for the mmseg SeMask-FPN T/S/L rule. Empty: the official rule
+    # of the head family (semask_d2/modeling/head_family.py: MaskFormer W,W,W,G; Mask2Former
+    # W,W,W,G with 150 classes, else all W; FaPN/MSFaPN W,W,G,G); other heads: Mask2Former's.
     cfg.MODEL.SWIN.SEM_WINDOWED = []
     # New. Dropout after mlp_res in SemanticAttention (hard-coded 0.1 in the official code).
     cfg.MODEL.SWIN.SEM_DROPOUT = 0.1

@@ -63,8 +63,10 @@ class FeatureDict(dict):
 
 def default_sem_windowed(num_classes: int, num_stages: int = 4) -> List[bool]:
     """
-    The official detectron2 rule for windowed (True) or global (False) semantic attention:
-    stages 0-2 windowed and the last global for 150 classes, every stage windowed otherwise.
+    The official SeMask-Mask2Former rule for windowed (True) or global (False) semantic
+    attention: stages 0-2 windowed and the last global for 150 classes, every stage windowed
+    otherwise. The default of backbones built from arguments; configs go through the head
+    family's rule (semask_d2/modeling/head_family.py).
     """
     if num_classes == 150:
         return [True] * (num_stages - 1) + [False]
