@@ -32,6 +32,10 @@ logger = logging.getLogger(__name__)
 # Resize with antialias off, LayerNormalization) and runs on ONNX Runtime >= 1.14.
 DEFAULT_OPSET = 18
 INPUT_NAME, OUTPUT_NAME = "image", "sem_seg"
+# Smallest H and W the traced graph declares: at 32 or less the stride-32 maps are 1x1, and
+# the backbone's `contiguous()` of such a map traces differently (a no-op instead of a copy).
+# The ONNX graph has no strides: smaller images run and match too.
+MIN_SIZE = 33
 
 
 class ExportError(ValueError):
@@ -65,14 +69,16 @@ def export_onnx(graph: SemSegGraph, sample: torch.Tensor, path: str, opset: int 
     onnx, _ = _import_onnx()
     if opset < 17:
         raise ExportError(f"--opset {opset} is too old: the graphs need opset 17 or later")
-    dims = {1: torch.export.Dim.DYNAMIC, 2: torch.export.Dim.DYNAMIC}
+    dims = {i: torch.export.Dim(name, min=MIN_SIZE) for i, name in ((1, "height"), (2, "width"))}
     # The math attention kernel fixes the layout of attention outputs while tracing; the fused
     # CPU kernel returns another, which the exporter's later passes cannot view.
     with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), fx_config.patch(backed_size_oblivious=True):
-        program = torch.export.export(
-            graph, (sample,), dynamic_shapes={INPUT_NAME: dims}, strict=False
-        )
-    _check_dynamic(program)
+        try:
+            program = torch.export.export(
+                graph, (sample,), dynamic_shapes={INPUT_NAME: dims}, strict=False
+            )
+        except torch._dynamo.exc.UserError as e:
+            raise ExportError(_constraint_message(e)) from e
     with torch.no_grad():
         onnx_program = torch.onnx.export(
             program,
@@ -87,14 +93,14 @@ def export_onnx(graph: SemSegGraph, sample: torch.Tensor, path: str, opset: int 
     logger.info("Wrote %s (opset %d), onnx.checker passed", path, opset)
 
 
-def _check_dynamic(program) -> None:
-    image = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == INPUT_NAME)
-    fixed = [
-        name for name, size in zip(("H", "W"), image.meta["val"].shape[1:]) if isinstance(size, int)
-    ]
-    if fixed:
-        raise ExportError(f"torch.export fixed {' and '.join(fixed)} to the sample image's size")
-    logger.info("Traced with dynamic H, W; value ranges %s", program.range_constraints)
+def _constraint_message(error: Exception) -> str:
+    """One line for a torch.export constraint violation: the first guard that fixes H or W."""
+    guards = [line.strip(" -") for line in str(error).splitlines() if "Not all values" in line]
+    detail = guards[0] if guards else " ".join(str(error).split())
+    return (
+        f"the model cannot be exported with dynamic H, W: it branches on the image size "
+        f"({detail[:300]}); rerun with TORCH_LOGS=+dynamic to see where"
+    )
 
 
 def onnxruntime_session(path: str, threads: int = 2):

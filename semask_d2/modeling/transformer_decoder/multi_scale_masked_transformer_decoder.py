@@ -209,7 +209,8 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         """
         values, keys, sizes = [], [], []
         for level, feature in enumerate(x):
-            sizes.append((int(feature.shape[-2]), int(feature.shape[-1])))
+            # Sizes as the shape holds them: ints, or symbolic sizes when traced for export.
+            sizes.append((feature.shape[-2], feature.shape[-1]))
             pos = self.pe_layer(feature).flatten(2).transpose(1, 2)
             value = self.input_proj[level](feature).flatten(2).transpose(1, 2)
             value = value + self.level_embed.weight[level]
