@@ -16,11 +16,12 @@ import torch
 import torch.fx.experimental._config as fx_config
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from .errors import ExportError
 from .sem_seg_graph import SemSegGraph
 
 __all__ = [
     "DEFAULT_OPSET",
-    "ExportError",
+    "MIN_SIZE",
     "compare_sem_seg",
     "export_onnx",
     "onnxruntime_session",
@@ -36,10 +37,6 @@ INPUT_NAME, OUTPUT_NAME = "image", "sem_seg"
 # the backbone's `contiguous()` of such a map traces differently (a no-op instead of a copy).
 # The ONNX graph has no strides: smaller images run and match too.
 MIN_SIZE = 33
-
-
-class ExportError(ValueError):
-    """The model or the environment cannot produce the ONNX graph; one-line message."""
 
 
 def _import_onnx():
@@ -90,7 +87,7 @@ def export_onnx(graph: SemSegGraph, sample: torch.Tensor, path: str, opset: int 
         )
     onnx_program.save(path)
     onnx.checker.check_model(path, full_check=True)
-    logger.info("Wrote %s (opset %d), onnx.checker passed", path, opset)
+    logger.debug("Wrote %s (opset %d), onnx.checker passed", path, opset)
 
 
 def _constraint_message(error: Exception) -> str:

@@ -19,6 +19,7 @@ from detectron2.modeling.postprocessing import sem_seg_postprocess
 
 from ..modeling.mask_former_inference import semantic_inference
 from ..modeling.meta_arch import SeMaskMaskFormer
+from .errors import ExportError
 
 __all__ = ["MaskFormerGraph", "SemSegGraph", "SemanticSegmentorGraph", "build_sem_seg_graph"]
 
@@ -42,7 +43,7 @@ class SemSegGraph(nn.Module):
         """
         super().__init__()
         if input_format not in ("RGB", "BGR"):
-            raise ValueError(f"INPUT.FORMAT {input_format!r} cannot be exported; use RGB or BGR")
+            raise ExportError(f"INPUT.FORMAT {input_format!r} cannot be exported; use RGB or BGR")
         self.model = model
         self.size_divisibility = size_divisibility
         self.flip_channels = input_format == "BGR"
@@ -102,7 +103,10 @@ class MaskFormerGraph(SemSegGraph):
 
 def _semantic_segmentor_graph(model: SemanticSegmentor, input_format: str) -> SemSegGraph:
     if model.backbone.padding_constraints.get("square_size", 0):
-        raise ValueError("backbones that pad to a square (padding_constraints) cannot be exported")
+        raise ExportError(
+            f"{type(model.backbone).__name__} pads images to a square (padding_constraints), "
+            "which the exported graph does not do"
+        )
     return SemanticSegmentorGraph(
         model, size_divisibility=model.backbone.size_divisibility, input_format=input_format
     )
@@ -133,7 +137,7 @@ def build_sem_seg_graph(model: nn.Module, input_format: str = "RGB") -> SemSegGr
         if cls in SEM_SEG_GRAPH_BUILDERS:
             return SEM_SEG_GRAPH_BUILDERS[cls](model, input_format).eval()
     names = sorted(c.__name__ for c in SEM_SEG_GRAPH_BUILDERS)
-    raise ValueError(
+    raise ExportError(
         f"MODEL.META_ARCHITECTURE {type(model).__name__} cannot be exported; exportable: "
         f"{', '.join(names)}"
     )
