@@ -42,6 +42,6 @@ if ! "$VENV/bin/python" -c "import detectron2" 2>/dev/null; then
   "${PIP[@]}" install "$wheel_dir/sal_detectron2-$D2_VERSION-py3-none-any.whl" "numpy<2"
 fi
 
-"${PIP[@]}" install -e "$ROOT[dev,bench]"
+"${PIP[@]}" install -e "$ROOT[dev,bench,export]"
 echo "$want" > "$STAMP"
 echo "[setup_env] ready: $VENV" >&2
