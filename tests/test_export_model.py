@@ -7,6 +7,7 @@ H and W are dynamic).
 
 import contextlib
 import io
+import json
 import os
 import sys
 import tempfile
@@ -165,7 +166,8 @@ class TestOnnxExport(unittest.TestCase):
         self.assertEqual(self.fpn_status, 0)
         path = os.path.join(self.fpn_dir, "model.onnx")
         # the report lines, without the log lines
-        lines = [line for line in self.fpn_report.getvalue().splitlines() if line[:1] not in "[W"]
+        lines = self.fpn_report.getvalue().splitlines()
+        lines = [line for line in lines if not line.startswith(("[", "WARNING"))]
         self.assertEqual(len(lines), 2, lines)
         self.assertTrue(lines[0].startswith(f"Wrote {path} ("), lines)
         self.assertIn("onnx.checker passed", lines[0])
@@ -179,10 +181,13 @@ class TestOnnxExport(unittest.TestCase):
             self.assertEqual(inp.type.tensor_type.elem_type, onnx.TensorProto.FLOAT)
             dims = inp.type.tensor_type.shape.dim
             self.assertEqual(dims[0].dim_value, 3)
-            # H and W symbolic, shared by the output
+            # H and W symbolic; the output's are expressions of them (equal to them at run time,
+            # see the parity tests)
             self.assertTrue(dims[1].dim_param and dims[2].dim_param)
-            out_dims = [d.dim_param for d in out.type.tensor_type.shape.dim[1:]]
-            self.assertEqual(out_dims, [dims[1].dim_param, dims[2].dim_param])
+            out_dims = out.type.tensor_type.shape.dim
+            self.assertEqual(len(out_dims), 3)
+            self.assertEqual(out_dims[0].dim_value, 4)
+            self.assertTrue(all(d.dim_param for d in out_dims[1:]))
 
     def test_fpn_parity(self):
         path = os.path.join(self.fpn_dir, "model.onnx")
@@ -195,6 +200,29 @@ class TestOnnxExport(unittest.TestCase):
             with self.subTest(size=size):
                 self.assertGreaterEqual(stats["within_1e-4"], 0.999)
                 self.assertGreaterEqual(stats["argmax_agree"], 0.9999)
+
+    def test_benchmark_times_graph_and_onnxruntime(self):
+        # tools/benchmark.py: the exported graph in PyTorch eager and in ONNX Runtime
+        benchmark = load_script("tools/benchmark.py")
+        path = os.path.join(self.tmp.name, "rows.json")
+        argv = ["--config-file", os.path.join(CONFIG_DIR, TINY_CONFIGS["fpn"])]
+        argv += ["--input-size", "64", "48", "--tasks", "graph,onnxruntime", "--device", "cpu"]
+        argv += ["--threads", "1", "--json", path]
+        argv += ["--onnx-model", os.path.join(self.fpn_dir, "model.onnx")]
+        argv += tiny_opts("SemanticSegmentor") + FPN_PADDED
+        argv += ["MODEL.SEM_SEG_HEAD.NUM_CLASSES", "4", "MODEL.WEIGHTS", ""]
+        with contextlib.redirect_stdout(io.StringIO()):
+            self.assertEqual(benchmark.main(argv), 0)
+        with open(path) as f:
+            rows = json.load(f)
+        self.assertEqual([r["task"] for r in rows], ["graph", "onnxruntime"])
+        for row in rows:
+            self.assertEqual((row["input"], row["batch"]), ("64x48", 1))
+            self.assertLessEqual(row["min_ms"], row["median_ms"])
+            self.assertLessEqual(row["median_ms"], row["max_ms"])
+        # the ONNX graph holds the weights inference uses, no more
+        self.assertGreater(rows[1]["params"], 0)
+        self.assertLessEqual(rows[1]["params"], rows[0]["params"])
 
     def test_small_images_run_below_the_traced_range(self):
         # Traced for H, W >= 33; the FPN accepts smaller images and the graph follows it.

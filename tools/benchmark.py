@@ -6,7 +6,11 @@ Tasks (each measured in a fresh process so peak memory is its own):
   inference  the model called as DefaultPredictor does (resize, to tensor, model, output resized
              to the original size), batch 1, no_grad;
   train      one training step (forward, backward, optimizer step) at --batch-size;
-  backbone   the backbone forward alone at --batch-size, no_grad.
+  backbone   the backbone forward alone at --batch-size, no_grad;
+  graph      the exported computation in PyTorch eager: semask_d2.export's SemSegGraph on one
+             (3, H, W) float image (normalise, pad, model, crop; sem_seg out), no_grad;
+  onnxruntime  the same graph exported to ONNX (--onnx-model, else exported first, untimed)
+             on ONNX Runtime's CPU provider with --threads intra-op threads.
 Protocol: --warmup untimed runs, then the median and range of --runs timed runs; torch threads
 set explicitly (2 on CPU by default). Peak memory: RSS growth over the process baseline on CPU,
 torch.cuda.max_memory_allocated on GPU.
@@ -14,6 +18,7 @@ torch.cuda.max_memory_allocated on GPU.
 Example:
   python tools/benchmark.py --config-file configs/ade20k/semantic-segmentation/semask_fpn/\
 semask_fpn_swin_tiny_bs16_80k.yaml --input-size 512 512 --batch-size 2 --tasks inference,train
+  python tools/benchmark.py --config-file CONFIG --tasks graph,onnxruntime --onnx-model model.onnx
 """
 
 import argparse
@@ -23,6 +28,7 @@ import os
 import resource
 import statistics
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -37,8 +43,9 @@ from detectron2.utils.events import EventStorage
 
 import semask_d2  # noqa: F401  (registers the SeMask models)
 from semask_d2 import add_semask_config
+from semask_d2.export import build_sem_seg_graph, export_onnx, onnxruntime_session
 
-TASKS = ("inference", "train", "backbone")
+TASKS = ("inference", "train", "backbone", "graph", "onnxruntime")
 
 
 def setup_cfg(args):
@@ -81,14 +88,43 @@ def synthetic_batch(cfg, batch_size, height, width, device):
     return batch
 
 
+def graph_input(args) -> torch.Tensor:
+    """The (3, H, W) float32 image of the graph and onnxruntime tasks."""
+    height, width = args.input_size
+    rng = np.random.default_rng(0)
+    return torch.from_numpy(rng.integers(0, 256, (3, height, width)).astype(np.float32))
+
+
+def count_onnx_parameters(path: str) -> int:
+    import onnx
+
+    return sum(int(np.prod(t.dims)) for t in onnx.load(path).graph.initializer)
+
+
 def make_runner(task, cfg, args):
-    """Return the model and a zero-argument callable performing one measured run of `task`."""
+    """
+    Return the number of parameters and a zero-argument callable performing one measured run
+    of `task`.
+    """
     height, width = args.input_size
     if task == "inference":
         predictor = DefaultPredictor(cfg)
         image = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
-        return predictor.model, lambda: predictor(image)
+        return count_parameters(predictor.model), lambda: predictor(image)
+    if task == "onnxruntime":
+        session = onnxruntime_session(args.onnx_model, args.threads)
+        feed = {"image": graph_input(args).numpy()}
+        return count_onnx_parameters(args.onnx_model), lambda: session.run(None, feed)
     model = build_model(cfg)
+    if task == "graph":
+        graph = build_sem_seg_graph(model.eval(), cfg.INPUT.FORMAT)
+        image = graph_input(args).to(cfg.MODEL.DEVICE)
+
+        def run_graph():
+            with torch.no_grad():
+                return graph(image)
+
+        return count_parameters(model), run_graph
     if task == "backbone":
         model.eval()
         x = torch.randn(args.batch_size, 3, height, width, device=cfg.MODEL.DEVICE)
@@ -97,7 +133,7 @@ def make_runner(task, cfg, args):
             with torch.no_grad():
                 return model.backbone(x)
 
-        return model, run_backbone
+        return count_parameters(model), run_backbone
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     batch = synthetic_batch(cfg, args.batch_size, height, width, cfg.MODEL.DEVICE)
@@ -110,7 +146,11 @@ def make_runner(task, cfg, args):
         loss.backward()
         optimizer.step()
 
-    return model, run_train_step
+    return count_parameters(model), run_train_step
+
+
+def count_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())
 
 
 def measure(task, args, queue):
@@ -118,7 +158,7 @@ def measure(task, args, queue):
     cfg = setup_cfg(args)
     cuda = cfg.MODEL.DEVICE.startswith("cuda")
     baseline = current_rss_mb()
-    model, runner = make_runner(task, cfg, args)
+    num_params, runner = make_runner(task, cfg, args)
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -137,12 +177,12 @@ def measure(task, args, queue):
             "task": task,
             "device": torch.cuda.get_device_name() if cuda else f"cpu ({args.threads} threads)",
             "input": f"{args.input_size[0]}x{args.input_size[1]}",
-            "batch": 1 if task == "inference" else args.batch_size,
+            "batch": args.batch_size if task in ("train", "backbone") else 1,
             "median_ms": 1000 * statistics.median(times),
             "min_ms": 1000 * min(times),
             "max_ms": 1000 * max(times),
             "peak_mem_mb": memory,
-            "params": sum(p.numel() for p in model.parameters()),
+            "params": num_params,
         }
     )
 
@@ -167,6 +207,12 @@ def parse_args(argv=None):
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--json", default="", metavar="FILE", help="also write the rows here")
+    parser.add_argument(
+        "--onnx-model",
+        default="",
+        metavar="FILE",
+        help="model.onnx of tools/export_model.py for the onnxruntime task (same config)",
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = parser.parse_args(argv)
     if args.warmup < 1 or args.runs < 5:
@@ -174,11 +220,32 @@ def parse_args(argv=None):
     unknown = [t for t in args.tasks if t not in TASKS]
     if unknown:
         parser.error(f"unknown tasks {unknown}; choose among {', '.join(TASKS)}")
+    if "onnxruntime" in args.tasks and args.device != "cpu":
+        parser.error("the onnxruntime task runs ONNX Runtime's CPU provider: add --device cpu")
+    if args.onnx_model and not os.path.isfile(args.onnx_model):
+        parser.error(f"--onnx-model {args.onnx_model}: no such file")
     return args
+
+
+def export_for_benchmark(args, folder: str) -> str:
+    """Export the config's model (random weights) at --input-size; returns the .onnx path."""
+    cfg = setup_cfg(args)
+    graph = build_sem_seg_graph(build_model(cfg).eval(), cfg.INPUT.FORMAT)
+    path = os.path.join(folder, "model.onnx")
+    print(f"Exporting {path} for the onnxruntime task (untimed) ...", file=sys.stderr)
+    export_onnx(graph, graph_input(args), path)
+    return path
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    with tempfile.TemporaryDirectory() as folder:
+        if "onnxruntime" in args.tasks and not args.onnx_model:
+            args.onnx_model = export_for_benchmark(args, folder)
+        return run_tasks(args)
+
+
+def run_tasks(args) -> int:
     ctx = mp.get_context("spawn")
     rows = []
     for task in args.tasks:
