@@ -116,6 +116,21 @@ _MASKED_DECODER = "MultiScaleMaskedTransformerDecoder"
 # The predictor reads the pixel decoder's multi-scale maps instead of a backbone feature.
 MULTI_SCALE_PIXEL_DECODER = "multi_scale_pixel_decoder"
 
+
+def _masked_decoder_family(name: str, pixel_decoder: str, stage_rule: StageRule) -> HeadFamily:
+    """A family on Mask2Former's head: the masked decoder on the pixel decoder's multi-scale
+    maps, trained with the point-sampled :class:`SetCriterion`."""
+    return HeadFamily(
+        name=name,
+        transformer_in_feature=MULTI_SCALE_PIXEL_DECODER,
+        pixel_decoder=pixel_decoder,
+        transformer_decoders=(_MASKED_DECODER,),
+        predictor=_MASKED_DECODER,
+        criterion=SetCriterion,
+        stage_rule=stage_rule,
+    )
+
+
 HEAD_FAMILIES: Tuple[HeadFamily, ...] = (
     HeadFamily(
         name="MaskFormer",
@@ -127,33 +142,13 @@ HEAD_FAMILIES: Tuple[HeadFamily, ...] = (
         criterion=MaskFormerSetCriterion,
         stage_rule=StageRule(global_stages=1),
     ),
-    HeadFamily(
-        name="Mask2Former",
-        transformer_in_feature=MULTI_SCALE_PIXEL_DECODER,
-        pixel_decoder="MSDeformAttnPixelDecoder",
-        transformer_decoders=(_MASKED_DECODER,),
-        predictor=_MASKED_DECODER,
-        criterion=SetCriterion,
-        stage_rule=StageRule(global_stages=1, only_with_num_classes=150),
+    _masked_decoder_family(
+        "Mask2Former",
+        "MSDeformAttnPixelDecoder",
+        StageRule(global_stages=1, only_with_num_classes=150),
     ),
-    HeadFamily(
-        name="FaPN",
-        transformer_in_feature=MULTI_SCALE_PIXEL_DECODER,
-        pixel_decoder="PixelFANDecoder",
-        transformer_decoders=(_MASKED_DECODER,),
-        predictor=_MASKED_DECODER,
-        criterion=SetCriterion,
-        stage_rule=StageRule(global_stages=2),
-    ),
-    HeadFamily(
-        name="MSFaPN",
-        transformer_in_feature=MULTI_SCALE_PIXEL_DECODER,
-        pixel_decoder="MSDeformAttnPixelFANDecoder",
-        transformer_decoders=(_MASKED_DECODER,),
-        predictor=_MASKED_DECODER,
-        criterion=SetCriterion,
-        stage_rule=StageRule(global_stages=2),
-    ),
+    _masked_decoder_family("FaPN", "PixelFANDecoder", StageRule(global_stages=2)),
+    _masked_decoder_family("MSFaPN", "MSDeformAttnPixelFANDecoder", StageRule(global_stages=2)),
 )
 
 
