@@ -1,6 +1,7 @@
 """
 Building blocks of the masked transformer decoder: self-attention, masked cross-attention and
-FFN layers on batch-first query tensors, and the MLP of the mask-embedding head.
+FFN layers on batch-first query tensors, the MLP of the mask-embedding head, and the input
+projection and matrix init that MaskFormer's DETR-style predictor shares.
 
 Written for semask-d2 from the Mask2Former paper (arXiv 2112.01527) and facebookresearch/Mask2Former
 ``mask2former/modeling/transformer_decoder/mask2former_transformer_decoder.py``. Attribute names
@@ -13,17 +14,41 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from fvcore.nn import weight_init
 from torch import nn
 
-__all__ = ["CrossAttentionLayer", "FFNLayer", "MLP", "SelfAttentionLayer"]
+from detectron2.layers import Conv2d
+
+__all__ = [
+    "CrossAttentionLayer",
+    "FFNLayer",
+    "MLP",
+    "SelfAttentionLayer",
+    "input_projection",
+    "xavier_init",
+]
 
 
-def _xavier_init(module: nn.Module) -> None:
+def xavier_init(module: nn.Module) -> None:
+    """xavier_uniform_ on every matrix of `module`, in parameter order."""
     # Official init: xavier_uniform on every matrix; vectors keep their defaults (the attention
     # biases are zero, the LayerNorm weights one).
     for p in module.parameters():
         if p.dim() > 1:
             nn.init.xavier_uniform_(p)
+
+
+def input_projection(in_channels: int, hidden_dim: int, enforce: bool) -> nn.Module:
+    """
+    The projection of a feature map to the queries' channels: a 1x1 conv (c2 xavier fill), or
+    the identity when `in_channels == hidden_dim` and `enforce` is False.
+    """
+    if in_channels == hidden_dim and not enforce:
+        # An empty Sequential is the identity and adds no state-dict keys, as official.
+        return nn.Sequential()
+    proj = Conv2d(in_channels, hidden_dim, kernel_size=1)
+    weight_init.c2_xavier_fill(proj)
+    return proj
 
 
 def _multi_head_attention(
@@ -88,7 +113,7 @@ class SelfAttentionLayer(nn.Module):
         self.self_attn = nn.MultiheadAttention(d_model, nhead, batch_first=True)
         self.norm = nn.LayerNorm(d_model)
         self.normalize_before = normalize_before
-        _xavier_init(self)
+        xavier_init(self)
 
     def forward(self, tgt: torch.Tensor, query_pos: torch.Tensor) -> torch.Tensor:
         """
@@ -121,7 +146,7 @@ class CrossAttentionLayer(nn.Module):
         self.multihead_attn = nn.MultiheadAttention(d_model, nhead, batch_first=True)
         self.norm = nn.LayerNorm(d_model)
         self.normalize_before = normalize_before
-        _xavier_init(self)
+        xavier_init(self)
 
     def forward(
         self,
@@ -163,7 +188,7 @@ class FFNLayer(nn.Module):
         self.linear2 = nn.Linear(dim_feedforward, d_model)
         self.norm = nn.LayerNorm(d_model)
         self.normalize_before = normalize_before
-        _xavier_init(self)
+        xavier_init(self)
 
     def forward(self, tgt: torch.Tensor) -> torch.Tensor:
         """

@@ -13,15 +13,13 @@ from typing import Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
-from fvcore.nn import weight_init
 from torch import nn
 
 from detectron2.config import configurable
-from detectron2.layers import Conv2d
 
 from ..pixel_decoder.position_encoding import PositionEmbeddingSine
 from .build import TRANSFORMER_DECODER_REGISTRY
-from .layers import MLP, CrossAttentionLayer, FFNLayer, SelfAttentionLayer
+from .layers import MLP, CrossAttentionLayer, FFNLayer, SelfAttentionLayer, input_projection
 
 __all__ = ["MultiScaleMaskedTransformerDecoder"]
 
@@ -96,22 +94,13 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         self.query_embed = nn.Embedding(num_queries, hidden_dim)
         self.level_embed = nn.Embedding(self.num_feature_levels, hidden_dim)
         self.input_proj = nn.ModuleList(
-            self._input_projection(in_channels, hidden_dim, enforce_input_project)
+            input_projection(in_channels, hidden_dim, enforce_input_project)
             for _ in range(self.num_feature_levels)
         )
 
         if mask_classification:
             self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
         self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
-
-    @staticmethod
-    def _input_projection(in_channels: int, hidden_dim: int, enforce: bool) -> nn.Module:
-        if in_channels == hidden_dim and not enforce:
-            # An empty Sequential is the identity and adds no state-dict keys, as official.
-            return nn.Sequential()
-        proj = Conv2d(in_channels, hidden_dim, kernel_size=1)
-        weight_init.c2_xavier_fill(proj)
-        return proj
 
     @classmethod
     def from_config(cls, cfg, in_channels: int, mask_classification: bool) -> Dict:

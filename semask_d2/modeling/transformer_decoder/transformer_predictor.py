@@ -15,15 +15,13 @@ from typing import Dict, List
 
 import torch
 import torch.nn.functional as F
-from fvcore.nn import weight_init
 from torch import nn
 
 from detectron2.config import configurable
-from detectron2.layers import Conv2d
 
 from ..pixel_decoder.position_encoding import PositionEmbeddingSine
 from .build import TRANSFORMER_DECODER_REGISTRY
-from .layers import MLP
+from .layers import MLP, input_projection, xavier_init
 
 __all__ = ["DETRDecoder", "DETRDecoderLayer", "DETRTransformer", "TransformerPredictor"]
 
@@ -143,9 +141,7 @@ class DETRTransformer(nn.Module):
             d_model,
         )
         # DETR's init: xavier_uniform on every matrix of the transformer.
-        for p in self.parameters():
-            if p.dim() > 1:
-                nn.init.xavier_uniform_(p)
+        xavier_init(self)
 
     def forward(
         self, memory: torch.Tensor, pos: torch.Tensor, query_pos: torch.Tensor
@@ -208,12 +204,7 @@ class TransformerPredictor(nn.Module):
         self.pe_layer = PositionEmbeddingSine(hidden_dim // 2, normalize=True)
         self.transformer = DETRTransformer(hidden_dim, nheads, dec_layers, dim_feedforward, dropout)
         self.query_embed = nn.Embedding(num_queries, hidden_dim)
-        if in_channels != hidden_dim or enforce_input_project:
-            self.input_proj = Conv2d(in_channels, hidden_dim, kernel_size=1)
-            weight_init.c2_xavier_fill(self.input_proj)
-        else:
-            # An empty Sequential is the identity and adds no state-dict keys, as official.
-            self.input_proj = nn.Sequential()
+        self.input_proj = input_projection(in_channels, hidden_dim, enforce_input_project)
         if mask_classification:
             self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
         self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
