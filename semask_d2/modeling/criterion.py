@@ -276,14 +276,10 @@ class SetCriterion(BaseSetCriterion):
     def __init__(
         self,
         *,
-        num_classes: int,
-        matcher: nn.Module,
-        weight_dict: Dict[str, float],
-        eos_coef: float,
         num_points: int,
         oversample_ratio: float,
         importance_sample_ratio: float,
-        deep_supervision: bool = True,
+        **base_args,
     ):
         """
         Args:
@@ -291,15 +287,9 @@ class SetCriterion(BaseSetCriterion):
             oversample_ratio (float): candidate points drawn per sampled point.
             importance_sample_ratio (float): fraction of points taken among the most uncertain
                 candidates; the rest are uniform.
-            Others: see :class:`BaseSetCriterion`.
+            base_args: the arguments of :class:`BaseSetCriterion`.
         """
-        super().__init__(
-            num_classes=num_classes,
-            matcher=matcher,
-            weight_dict=weight_dict,
-            eos_coef=eos_coef,
-            deep_supervision=deep_supervision,
-        )
+        super().__init__(**base_args)
         self.num_points = num_points
         self.oversample_ratio = oversample_ratio
         self.importance_sample_ratio = importance_sample_ratio

@@ -11,7 +11,6 @@ from typing import Dict, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torchvision.ops import sigmoid_focal_loss
 
 from detectron2.config import configurable
@@ -55,28 +54,14 @@ class MaskFormerSetCriterion(BaseSetCriterion):
 
     @configurable
     def __init__(
-        self,
-        *,
-        num_classes: int,
-        matcher: nn.Module,
-        weight_dict: Dict[str, float],
-        eos_coef: float,
-        deep_supervision: bool = True,
-        focal_alpha: float = FOCAL_ALPHA,
-        focal_gamma: float = FOCAL_GAMMA,
+        self, *, focal_alpha: float = FOCAL_ALPHA, focal_gamma: float = FOCAL_GAMMA, **base_args
     ):
         """
         Args:
             focal_alpha, focal_gamma (float): focal-loss parameters of `loss_mask`.
-            Others: see :class:`BaseSetCriterion`.
+            base_args: the arguments of :class:`BaseSetCriterion`.
         """
-        super().__init__(
-            num_classes=num_classes,
-            matcher=matcher,
-            weight_dict=weight_dict,
-            eos_coef=eos_coef,
-            deep_supervision=deep_supervision,
-        )
+        super().__init__(**base_args)
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
 
