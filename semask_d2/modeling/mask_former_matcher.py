@@ -72,12 +72,7 @@ class MaskFormerHungarianMatcher(BaseHungarianMatcher):
 
     @classmethod
     def from_config(cls, cfg) -> Dict:
-        mf = cfg.MODEL.MASK_FORMER
-        return {
-            "cost_class": mf.CLASS_WEIGHT,
-            "cost_mask": mf.MASK_WEIGHT,
-            "cost_dice": mf.DICE_WEIGHT,
-        }
+        return cls.cost_weights(cfg)
 
     def mask_costs(
         self, masks: torch.Tensor, tgt_masks: torch.Tensor

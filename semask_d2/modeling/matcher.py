@@ -77,6 +77,16 @@ class BaseHungarianMatcher(nn.Module):
         self.cost_mask = cost_mask
         self.cost_dice = cost_dice
 
+    @staticmethod
+    def cost_weights(cfg) -> Dict[str, float]:
+        """The cost weights from `cfg`: the loss weights of the criterion, as official."""
+        mf = cfg.MODEL.MASK_FORMER
+        return {
+            "cost_class": mf.CLASS_WEIGHT,
+            "cost_mask": mf.MASK_WEIGHT,
+            "cost_dice": mf.DICE_WEIGHT,
+        }
+
     def mask_costs(
         self, masks: torch.Tensor, tgt_masks: torch.Tensor
     ) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -167,13 +177,7 @@ class HungarianMatcher(BaseHungarianMatcher):
 
     @classmethod
     def from_config(cls, cfg) -> Dict:
-        mf = cfg.MODEL.MASK_FORMER
-        return {
-            "cost_class": mf.CLASS_WEIGHT,
-            "cost_mask": mf.MASK_WEIGHT,
-            "cost_dice": mf.DICE_WEIGHT,
-            "num_points": mf.TRAIN_NUM_POINTS,
-        }
+        return {**cls.cost_weights(cfg), "num_points": cfg.MODEL.MASK_FORMER.TRAIN_NUM_POINTS}
 
     def _random_points(self, device: torch.device) -> torch.Tensor:
         """(1, num_points, 2) uniform (x, y) in [0, 1]^2; a method so tests can fix it."""
