@@ -23,6 +23,21 @@ __all__ = ["BasePixelDecoder"]
 _NUM_MULTI_SCALE_FEATURES = 3
 
 
+def _output_conv(in_channels: int, conv_dim: int, norm: str) -> Conv2d:
+    """``layer_k``: Conv 3x3 (no bias with a norm) + norm + ReLU, c2 xavier fill."""
+    conv = Conv2d(
+        in_channels,
+        conv_dim,
+        kernel_size=3,
+        padding=1,
+        bias=norm == "",
+        norm=get_norm(norm, conv_dim),
+        activation=F.relu,
+    )
+    weight_init.c2_xavier_fill(conv)
+    return conv
+
+
 @PIXEL_DECODER_REGISTRY.register()
 class BasePixelDecoder(nn.Module):
     """
@@ -35,6 +50,8 @@ class BasePixelDecoder(nn.Module):
     * ``mask_features``: Conv 3x3 (bias) on the finest output.
 
     The convolutions have no bias when a norm is used (GroupNorm(32) in the official configs).
+    Subclasses change how a finer level merges the coarser output (:meth:`_merge_top_down`) and
+    what it registers (:meth:`_add_fpn_level`).
     """
 
     @configurable
@@ -57,32 +74,37 @@ class BasePixelDecoder(nn.Module):
         super().__init__()
         by_stride = sorted(input_shape.items(), key=lambda kv: kv[1].stride)
         self.in_features = [k for k, _ in by_stride]
-        use_bias = norm == ""
-        coarsest = len(by_stride)
         for idx, (_, shape) in enumerate(by_stride, start=1):
-            if idx < coarsest:
-                adapter = Conv2d(
-                    shape.channels,
-                    conv_dim,
-                    kernel_size=1,
-                    bias=use_bias,
-                    norm=get_norm(norm, conv_dim),
-                )
-                weight_init.c2_xavier_fill(adapter)
-                self.add_module(f"adapter_{idx}", adapter)
-            layer = Conv2d(
-                conv_dim if idx < coarsest else shape.channels,
+            if idx == len(by_stride):
+                # The coarsest level has no lateral map to merge with: no adapter.
+                self.add_module(f"layer_{idx}", _output_conv(shape.channels, conv_dim, norm))
+                continue
+            adapter = Conv2d(
+                shape.channels,
                 conv_dim,
-                kernel_size=3,
-                padding=1,
-                bias=use_bias,
+                kernel_size=1,
+                bias=norm == "",
                 norm=get_norm(norm, conv_dim),
-                activation=F.relu,
             )
-            weight_init.c2_xavier_fill(layer)
-            self.add_module(f"layer_{idx}", layer)
+            weight_init.c2_xavier_fill(adapter)
+            self._add_fpn_level(idx, adapter, _output_conv(conv_dim, conv_dim, norm))
         self.mask_features = Conv2d(conv_dim, mask_dim, kernel_size=3, padding=1)
         weight_init.c2_xavier_fill(self.mask_features)
+
+    def _add_fpn_level(self, idx: int, adapter: nn.Module, layer: nn.Module) -> None:
+        """Register the finer level `idx` (subclass hook; state-dict order = registration order)."""
+        self.add_module(f"adapter_{idx}", adapter)
+        self.add_module(f"layer_{idx}", layer)
+
+    def _merge_top_down(self, idx: int, lateral: torch.Tensor, top_down: torch.Tensor):
+        """
+        The input of ``layer_{idx}`` (subclass hook).
+
+        Args:
+            lateral (Tensor): (N, C, H, W), ``adapter_{idx}`` of the backbone map.
+            top_down (Tensor): (N, C, H, W), the coarser output upsampled to (H, W).
+        """
+        return lateral + top_down
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]) -> Dict:
@@ -110,16 +132,13 @@ class BasePixelDecoder(nn.Module):
             * list[Tensor]: the first three FPN outputs, coarse to fine (strides 32, 16, 8 with
               res2..res5), each (N, conv_dim, h_l, w_l).
         """
-        outputs = []
-        y = None
-        for idx in range(len(self.in_features), 0, -1):
-            x = features[self.in_features[idx - 1]]
-            if y is None:
-                y = getattr(self, f"layer_{idx}")(x)
-            else:
-                lateral = getattr(self, f"adapter_{idx}")(x)
-                y = lateral + F.interpolate(y, size=lateral.shape[-2:], mode="nearest")
-                y = getattr(self, f"layer_{idx}")(y)
+        num_levels = len(self.in_features)
+        y = getattr(self, f"layer_{num_levels}")(features[self.in_features[-1]])
+        outputs = [y]
+        for idx in range(num_levels - 1, 0, -1):
+            lateral = getattr(self, f"adapter_{idx}")(features[self.in_features[idx - 1]])
+            top_down = F.interpolate(y, size=lateral.shape[-2:], mode="nearest")
+            y = getattr(self, f"layer_{idx}")(self._merge_top_down(idx, lateral, top_down))
             outputs.append(y)
         return self.mask_features(y), None, outputs[:_NUM_MULTI_SCALE_FEATURES]
 
