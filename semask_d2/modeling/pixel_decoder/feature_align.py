@@ -22,7 +22,7 @@ from torchvision.ops import deform_conv2d
 
 from detectron2.layers import Conv2d
 
-__all__ = ["FeatureAlign", "ModulatedDeformConv", "modulated_deform_conv2d"]
+__all__ = ["FeatureAlign", "FeatureAlignedMerges", "ModulatedDeformConv", "modulated_deform_conv2d"]
 
 # Deformable groups of every official FeatureAlign (hard-coded in the official code).
 _OFFICIAL_DEFORMABLE_GROUPS = 8
@@ -174,3 +174,26 @@ class FeatureAlign(nn.Module):
         # Official quirk: the top-down map enters the offset conv doubled.
         offset = self.offset(torch.cat([feat_l, 2 * feat_s], dim=1))
         return F.relu(self.dcpack_L2(feat_s, offset)) + feat_l
+
+
+class FeatureAlignedMerges:
+    """
+    Mixin for an FPN pixel decoder with the level hooks ``_add_fpn_level`` and
+    ``_merge_top_down`` (:class:`BasePixelDecoder`, :class:`MSDeformAttnPixelDecoder`): each
+    finer level k merges through FaPN's alignment,
+
+        lat = adapter_k(x_k)
+        y = layer_k(align_k(lat, lat + upsampled coarser output))
+
+    with ``align_k.*`` registered between ``adapter_k.*`` and ``layer_k.*``. Official quirk kept:
+    ``align_k.offset.norm`` and ``layer_k.norm`` are one module (two state-dict keys, parameters
+    counted once).
+    """
+
+    def _add_fpn_level(self, idx: int, adapter: nn.Module, layer: nn.Module) -> None:
+        self.add_module(f"adapter_{idx}", adapter)
+        self.add_module(f"align_{idx}", FeatureAlign(layer.out_channels, norm=layer.norm))
+        self.add_module(f"layer_{idx}", layer)
+
+    def _merge_top_down(self, idx: int, lateral: torch.Tensor, top_down: torch.Tensor):
+        return getattr(self, f"align_{idx}")(lateral, lateral + top_down)
