@@ -1,8 +1,9 @@
-"""Shared test helpers: tiny CPU versions of the shipped configs, mapper-like inputs, and the
-official state-dict key lists of ``tests/data/official_keys`` (see ``tests/data/README.md``)."""
+"""Shared test helpers: tiny CPU versions of the shipped configs, mapper-like inputs, short
+training runs, and the official state-dict key lists of ``tests/data/official_keys`` (see
+``tests/data/README.md``)."""
 
 import os
-from typing import Dict, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional, Union
 
 import torch
 import yaml
@@ -10,6 +11,7 @@ import yaml
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.structures import Instances
+from detectron2.utils.events import EventStorage
 
 from semask_d2 import add_semask_config
 
@@ -161,3 +163,29 @@ def training_inputs(num_classes, sizes=((64, 64), (45, 71))):
             {"image": torch.rand(3, h, w) * 255, "sem_seg": sem_seg, "instances": instances}
         )
     return inputs
+
+
+def train_steps(
+    model: torch.nn.Module,
+    inputs: Union[List[Dict], Callable[[], List[Dict]]],
+    steps: int,
+    lr: float = 1e-3,
+) -> Iterator[float]:
+    """
+    `steps` AdamW steps (learning rate `lr`) of `model` on `inputs`: one batch of mapper-like
+    dicts, or a callable that draws each step's batch. Yields each step's total loss after its
+    optimizer step, while the step's gradients are still there to look at.
+    """
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    with EventStorage():
+        for _ in range(steps):
+            optimizer.zero_grad()
+            loss = sum(model(inputs() if callable(inputs) else inputs).values())
+            loss.backward()
+            optimizer.step()
+            yield loss.item()
+
+
+def parameters_without_gradient(module: torch.nn.Module) -> List[str]:
+    """Names of the parameters of `module` whose gradient is missing or all zero."""
+    return [k for k, p in module.named_parameters() if p.grad is None or not p.grad.any()]

@@ -17,7 +17,6 @@ from torch import nn
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
-from detectron2.utils.events import EventStorage
 
 from semask_d2 import add_semask_config
 from semask_d2.modeling.criterion import SetCriterion
@@ -32,7 +31,15 @@ from semask_d2.modeling.pixel_decoder import (
 )
 from semask_d2.modeling.transformer_decoder import MultiScaleMaskedTransformerDecoder
 
-from model_fixtures import CONFIG_DIR, official_cfg, official_keys, shrink, training_inputs
+from model_fixtures import (
+    CONFIG_DIR,
+    official_cfg,
+    official_keys,
+    parameters_without_gradient,
+    shrink,
+    train_steps,
+    training_inputs,
+)
 from test_deform_conv import deform_conv_reference
 from test_pixel_decoder import make_cfg, make_features, make_input_shape
 
@@ -460,16 +467,7 @@ class TestTraining(unittest.TestCase):
     def test_short_fapn_training_run_loss_goes_down(self):
         torch.manual_seed(0)
         model = build_model(tiny_family_cfg("fapn")).train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        inputs = training_inputs(4, sizes=((48, 48), (48, 64)))
-        totals = []
-        with EventStorage():
-            for _ in range(12):
-                loss = sum(model(inputs).values())
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                totals.append(loss.item())
+        totals = list(train_steps(model, training_inputs(4, sizes=((48, 48), (48, 64))), 12))
         self.assertLess(sum(totals[-3:]) / 3, 0.9 * sum(totals[:3]) / 3, totals)
 
     def test_alignment_learns_from_the_second_step(self):
@@ -484,20 +482,10 @@ class TestTraining(unittest.TestCase):
                 torch.manual_seed(0)
                 model = build_model(tiny_family_cfg(family)).train()
                 decoder = model.sem_seg_head.pixel_decoder
-                optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-                zero = []
-                for _ in range(2):
-                    optimizer.zero_grad()
-                    with EventStorage():
-                        sum(model(training_inputs(4)).values()).backward()
-                    optimizer.step()
-                    zero.append(
-                        {
-                            k
-                            for k, p in decoder.named_parameters()
-                            if p.grad is None or not p.grad.any()
-                        }
-                    )
+                zero = [
+                    set(parameters_without_gradient(decoder))
+                    for _ in train_steps(model, lambda: training_inputs(4), 2)
+                ]
                 self.assertEqual(zero, [first_step_zero, set()])
 
 

@@ -20,7 +20,14 @@ from semask_d2.modeling.meta_arch import SeMaskMaskFormer
 from semask_d2.modeling.semantic_prior import SemanticPriorLoss
 from semask_d2.modeling.test_time_augmentation import SemanticSegmentorWithTTA
 
-from model_fixtures import DATA_DIR, official_keys, tiny_cfg, training_inputs
+from model_fixtures import (
+    DATA_DIR,
+    official_keys,
+    parameters_without_gradient,
+    tiny_cfg,
+    train_steps,
+    training_inputs,
+)
 
 
 def mask2former_cfg(num_classes=4, **mask_former_test):
@@ -134,16 +141,7 @@ class TestTraining(unittest.TestCase):
     def test_short_training_run_loss_goes_down(self):
         torch.manual_seed(0)
         model = build_model(mask2former_cfg()).train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        inputs = training_inputs(4, sizes=((48, 48), (48, 64)))
-        totals = []
-        with EventStorage():
-            for _ in range(12):
-                loss = sum(model(inputs).values())
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                totals.append(loss.item())
+        totals = list(train_steps(model, training_inputs(4, sizes=((48, 48), (48, 64))), 12))
         self.assertLess(sum(totals[-3:]) / 3, 0.9 * sum(totals[:3]) / 3, totals)
 
     def test_every_parameter_learns_after_one_step(self):
@@ -152,15 +150,8 @@ class TestTraining(unittest.TestCase):
         # Stochastic depth may drop a whole branch for the batch: off for this check.
         cfg.MODEL.SWIN.DROP_PATH_RATE = 0.0
         model = build_model(cfg).train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        inputs = training_inputs(4)
-        for _ in range(2):
-            optimizer.zero_grad()
-            with EventStorage():
-                sum(model(inputs).values()).backward()
-            optimizer.step()
-        no_grad = [k for k, p in model.named_parameters() if p.grad is None or not p.grad.any()]
-        self.assertEqual(no_grad, [])
+        list(train_steps(model, training_inputs(4), 2))
+        self.assertEqual(parameters_without_gradient(model), [])
 
 
 class TestInference(unittest.TestCase):

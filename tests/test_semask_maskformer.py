@@ -27,7 +27,15 @@ from semask_d2.modeling.meta_arch import SeMaskMaskFormer
 from semask_d2.modeling.pixel_decoder import BasePixelDecoder
 from semask_d2.modeling.transformer_decoder import TransformerPredictor
 
-from model_fixtures import CONFIG_DIR, official_cfg, official_keys, shrink, training_inputs
+from model_fixtures import (
+    CONFIG_DIR,
+    official_cfg,
+    official_keys,
+    parameters_without_gradient,
+    shrink,
+    train_steps,
+    training_inputs,
+)
 
 F64 = torch.float64
 OFFICIAL = "semask_swinL_maskformer_ade20k"
@@ -370,16 +378,7 @@ class TestTrainingAndInference(unittest.TestCase):
     def test_short_training_run_loss_goes_down(self):
         torch.manual_seed(0)
         model = build_model(maskformer_cfg()).train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        inputs = training_inputs(4, sizes=((48, 48), (48, 64)))
-        totals = []
-        with EventStorage():
-            for _ in range(12):
-                loss = sum(model(inputs).values())
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                totals.append(loss.item())
+        totals = list(train_steps(model, training_inputs(4, sizes=((48, 48), (48, 64))), 12))
         self.assertLess(sum(totals[-3:]) / 3, 0.8 * sum(totals[:3]) / 3, totals)
 
     def test_every_parameter_gets_a_gradient(self):
@@ -388,14 +387,8 @@ class TestTrainingAndInference(unittest.TestCase):
         # Dropout could zero a whole FFN unit for the batch: off for this check.
         cfg.MODEL.MASK_FORMER.DROPOUT = 0.0
         model = build_model(cfg).train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        for _ in range(2):
-            optimizer.zero_grad()
-            with EventStorage():
-                sum(model(training_inputs(4)).values()).backward()
-            optimizer.step()
-        no_grad = [k for k, p in model.named_parameters() if p.grad is None or not p.grad.any()]
-        self.assertEqual(no_grad, [])
+        list(train_steps(model, lambda: training_inputs(4), 2))
+        self.assertEqual(parameters_without_gradient(model), [])
 
     def test_inference_at_odd_sizes(self):
         torch.manual_seed(0)
