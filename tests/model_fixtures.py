@@ -37,11 +37,18 @@ def official_keys(prefix="", name="semask_swinL_mask2former_ade20k.txt"):
 
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "configs")
-# The SeMask-T configs the tiny test models start from, by meta-architecture family.
+# The SeMask-T configs the tiny test models start from, by model family.
 TINY_CONFIGS = {
     "fpn": "ade20k/semantic-segmentation/semask_fpn/semask_fpn_swin_tiny_bs16_80k.yaml",
     "mask2former": "ade20k/semantic-segmentation/semask_mask2former/"
     "maskformer2_semask_swin_tiny_bs16_160k.yaml",
+    "maskformer": "ade20k/semantic-segmentation/semask_maskformer/"
+    "maskformer_semask_swin_tiny_bs16_160k.yaml",
+    **{
+        family: f"ade20k/semantic-segmentation/semask_{family}/"
+        f"{family}_maskformer2_semask_swin_tiny_bs16_160k.yaml"
+        for family in ("fapn", "msfapn")
+    },
 }
 
 
@@ -124,8 +131,8 @@ def shrink(cfg):
 
 def tiny_cfg(family="mask2former", num_classes=4):
     """
-    The shipped SeMask-T config of `family` ("fpn" or "mask2former") shrunk for CPU tests, with
-    `num_classes` classes and no test set.
+    The shipped SeMask-T config of `family` (a key of :data:`TINY_CONFIGS`) shrunk for CPU tests,
+    with `num_classes` classes and no test set.
     """
     cfg = get_cfg()
     add_semask_config(cfg)

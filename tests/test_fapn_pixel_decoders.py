@@ -36,7 +36,7 @@ from model_fixtures import (
     official_cfg,
     official_keys,
     parameters_without_gradient,
-    shrink,
+    tiny_cfg,
     train_steps,
     training_inputs,
 )
@@ -44,11 +44,6 @@ from test_deform_conv import deform_conv_reference
 from test_pixel_decoder import make_cfg, make_features, make_input_shape
 
 FAMILIES = {"fapn": "PixelFANDecoder", "msfapn": "MSDeformAttnPixelFANDecoder"}
-TINY_CONFIGS = {
-    family: f"ade20k/semantic-segmentation/semask_{family}/"
-    f"{family}_maskformer2_semask_swin_tiny_bs16_160k.yaml"
-    for family in FAMILIES
-}
 SWIN_L_CHANNELS = [192, 384, 768, 1536]
 
 
@@ -128,17 +123,6 @@ def fapn_reference(state, features, names):
         outputs.append(y)
     mask = F.conv2d(y, state["mask_features.weight"], state["mask_features.bias"], padding=1)
     return mask, outputs[:3]
-
-
-def tiny_family_cfg(family, num_classes=4):
-    """Our SeMask-T config of `family`, shrunk for CPU (32 channels: 8 deformable groups)."""
-    cfg = get_cfg()
-    add_semask_config(cfg)
-    cfg.merge_from_file(os.path.join(CONFIG_DIR, TINY_CONFIGS[family]))
-    shrink(cfg)
-    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = num_classes
-    cfg.DATASETS.TEST = ()
-    return cfg
 
 
 class TestFeatureAlign(unittest.TestCase):
@@ -342,8 +326,8 @@ class TestOfficialCheckpoints(unittest.TestCase):
         for family in FAMILIES:
             with self.subTest(family=family):
                 torch.manual_seed(0)
-                source = randomize(build_model(tiny_family_cfg(family)), seed=5)
-                target = build_model(tiny_family_cfg(family))
+                source = randomize(build_model(tiny_cfg(family)), seed=5)
+                target = build_model(tiny_cfg(family))
                 with tempfile.TemporaryDirectory() as tmp:
                     DetectionCheckpointer(source, save_dir=tmp).save("model_final")
                     loaded = torch.load(os.path.join(tmp, "model_final.pth"), weights_only=True)
@@ -466,7 +450,7 @@ def _get(cfg, dotted):
 class TestTraining(unittest.TestCase):
     def test_short_fapn_training_run_loss_goes_down(self):
         torch.manual_seed(0)
-        model = build_model(tiny_family_cfg("fapn")).train()
+        model = build_model(tiny_cfg("fapn")).train()
         totals = list(train_steps(model, training_inputs(4, sizes=((48, 48), (48, 64))), 12))
         self.assertLess(sum(totals[-3:]) / 3, 0.9 * sum(totals[:3]) / 3, totals)
 
@@ -480,7 +464,7 @@ class TestTraining(unittest.TestCase):
         ]:
             with self.subTest(family=family):
                 torch.manual_seed(0)
-                model = build_model(tiny_family_cfg(family)).train()
+                model = build_model(tiny_cfg(family)).train()
                 decoder = model.sem_seg_head.pixel_decoder
                 zero = [
                     set(parameters_without_gradient(decoder))

@@ -32,7 +32,7 @@ from model_fixtures import (
     official_cfg,
     official_keys,
     parameters_without_gradient,
-    shrink,
+    tiny_cfg,
     train_steps,
     training_inputs,
 )
@@ -54,14 +54,6 @@ def load(path):
     cfg = get_cfg()
     add_semask_config(cfg)
     cfg.merge_from_file(path)
-    return cfg
-
-
-def maskformer_cfg(num_classes=4):
-    """Our SeMask-T MaskFormer config shrunk for CPU tests, `num_classes` classes, no test set."""
-    cfg = shrink(load(os.path.join(CONFIGS, LEAVES["tiny"])))
-    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = num_classes
-    cfg.DATASETS.TEST = ()
     return cfg
 
 
@@ -308,7 +300,7 @@ class TestAgainstReference(unittest.TestCase):
         self.assertTrue(torch.equal(evaluated[0]["pred_masks"], evaluated[1]["pred_masks"]))
 
     def test_whole_model_with_a_live_semantic_branch(self):
-        cfg = maskformer_cfg(num_classes=4)
+        cfg = tiny_cfg("maskformer", num_classes=4)
         cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM = 64
         torch.manual_seed(0)
         model = build_model(cfg).double().eval()
@@ -342,7 +334,7 @@ class TestAgainstReference(unittest.TestCase):
 class TestTrainingAndInference(unittest.TestCase):
     def test_losses_at_full_resolution(self):
         torch.manual_seed(0)
-        model = build_model(maskformer_cfg()).train()
+        model = build_model(tiny_cfg("maskformer")).train()
         inputs = training_inputs(4, sizes=((64, 64), (45, 71)))
         captured = {}
         model.sem_seg_head.register_forward_hook(lambda m, i, out: captured.update(head=out))
@@ -377,13 +369,13 @@ class TestTrainingAndInference(unittest.TestCase):
 
     def test_short_training_run_loss_goes_down(self):
         torch.manual_seed(0)
-        model = build_model(maskformer_cfg()).train()
+        model = build_model(tiny_cfg("maskformer")).train()
         totals = list(train_steps(model, training_inputs(4, sizes=((48, 48), (48, 64))), 12))
         self.assertLess(sum(totals[-3:]) / 3, 0.8 * sum(totals[:3]) / 3, totals)
 
     def test_every_parameter_gets_a_gradient(self):
         torch.manual_seed(0)
-        cfg = maskformer_cfg()
+        cfg = tiny_cfg("maskformer")
         # Dropout could zero a whole FFN unit for the batch: off for this check.
         cfg.MODEL.MASK_FORMER.DROPOUT = 0.0
         model = build_model(cfg).train()
@@ -392,7 +384,7 @@ class TestTrainingAndInference(unittest.TestCase):
 
     def test_inference_at_odd_sizes(self):
         torch.manual_seed(0)
-        model = build_model(maskformer_cfg()).eval()
+        model = build_model(tiny_cfg("maskformer")).eval()
         inputs = [
             {"image": torch.rand(3, 45, 71) * 255, "height": 90, "width": 142},
             {"image": torch.rand(3, 61, 33) * 255},
