@@ -143,6 +143,18 @@ def tiny_cfg(family="mask2former", num_classes=4):
     return cfg
 
 
+def flat_config(tree: Dict, prefix: str = "") -> Dict[str, object]:
+    """Dotted key (after `prefix`) -> value of every leaf of a nested dict (a CfgNode or a YAML
+    tree), in the tree's order."""
+    items = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            items.update(flat_config(value, f"{prefix}{key}."))
+        else:
+            items[prefix + key] = value
+    return items
+
+
 def official_cfg(name="semask_swinL_mask2former_ade20k.yaml"):
     """A released model's official config dump (``tests/data/official_configs``), merged."""
     cfg = get_cfg()

@@ -18,7 +18,7 @@ from detectron2.utils.events import EventStorage
 
 from semask_d2 import add_semask_config
 
-from model_fixtures import CONFIG_DIR, DATA_DIR, shrink, training_inputs
+from model_fixtures import CONFIG_DIR, DATA_DIR, flat_config, shrink, training_inputs
 
 OFFICIAL_DIR = os.path.join(DATA_DIR, "official_configs")
 OFFICIAL_MASK2FORMER = {
@@ -108,17 +108,6 @@ def read_yaml(path):
         return yaml.safe_load(f)
 
 
-def flat_keys(tree, prefix=""):
-    """Dotted keys of the leaves of a nested dict."""
-    keys = []
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            keys += flat_keys(value, f"{prefix}{key}.")
-        else:
-            keys.append(prefix + key)
-    return keys
-
-
 def dataset_bases():
     """The base file of each dataset folder (one level above the architecture folders)."""
     return [
@@ -166,7 +155,7 @@ class TestConfigFiles(unittest.TestCase):
         )
         for path in dataset_bases():
             with self.subTest(config=os.path.relpath(path, CONFIG_DIR)):
-                keys = flat_keys(read_yaml(path))
+                keys = list(flat_config(read_yaml(path)))
                 self.assertIn("DATASETS.TRAIN", keys)
                 self.assertEqual([k for k in keys if not allowed.fullmatch(k)], [])
 
@@ -332,10 +321,11 @@ class TestConfigFiles(unittest.TestCase):
             )
             with self.subTest(dataset=dataset):
                 cfg, reference = load(ours), load(os.path.join(OFFICIAL_DIR, official))
+                ours_flat, reference_flat = flat_config(cfg), flat_config(reference)
                 differ = [
-                    key
-                    for key in flat_keys(cfg)
-                    if not ignored.fullmatch(key) and _get(cfg, key) != _get(reference, key)
+                    k
+                    for k, v in ours_flat.items()
+                    if not ignored.fullmatch(k) and v != reference_flat[k]
                 ]
                 self.assertEqual(differ, [])
                 for c in (cfg, reference):
@@ -346,12 +336,6 @@ class TestConfigFiles(unittest.TestCase):
                         for c in (cfg, reference)
                     ]
                 self.assertEqual(windowed[0], windowed[1])
-
-
-def _get(cfg, dotted):
-    for key in dotted.split("."):
-        cfg = cfg[key]
-    return cfg
 
 
 class TestSwinKeys(unittest.TestCase):
@@ -463,7 +447,8 @@ class TestSwinKeys(unittest.TestCase):
         }
         cfg = get_cfg()
         add_semask_config(cfg)
-        self.assertEqual({k: _get(cfg, k) for k in official}, official)
+        defaults = flat_config(cfg)
+        self.assertEqual({k: defaults[k] for k in official}, official)
 
 
 if __name__ == "__main__":

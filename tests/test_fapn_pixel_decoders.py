@@ -33,6 +33,7 @@ from semask_d2.modeling.transformer_decoder import MultiScaleMaskedTransformerDe
 
 from model_fixtures import (
     CONFIG_DIR,
+    flat_config,
     official_cfg,
     official_keys,
     parameters_without_gradient,
@@ -405,11 +406,11 @@ class OfficialDumpChecks:
         ours = get_cfg()
         add_semask_config(ours)
         ours.merge_from_file(path)
-        reference = official_cfg(f"{self.name}.yaml")
+        reference = flat_config(official_cfg(f"{self.name}.yaml"))
         differ = [
-            key
-            for key in _flat_keys(ours)
-            if not ignored.fullmatch(key) and _get(ours, key) != _get(reference, key)
+            k
+            for k, v in flat_config(ours).items()
+            if not ignored.fullmatch(k) and v != reference[k]
         ]
         self.assertEqual(differ, [])
         self.assertEqual(ours.MODEL.SWIN.SEM_WINDOWED, [True, True, False, False])
@@ -429,22 +430,6 @@ class TestOfficialMSFaPNDump(OfficialDumpChecks, unittest.TestCase):
     # Official: 223,851,415 (paper: 224M).
     PARAMS = 223_851_415
     DECODER_PARAMS = 7_009_176
-
-
-def _flat_keys(node, prefix=""):
-    keys = []
-    for key, value in node.items():
-        if isinstance(value, dict):
-            keys += _flat_keys(value, f"{prefix}{key}.")
-        else:
-            keys.append(prefix + key)
-    return keys
-
-
-def _get(cfg, dotted):
-    for key in dotted.split("."):
-        cfg = cfg[key]
-    return cfg
 
 
 class TestTraining(unittest.TestCase):

@@ -28,7 +28,7 @@ from semask_d2.data.dataset_mappers import (
 )
 from semask_d2.evaluation.build import EVALUATOR_BUILDERS, PANOPTIC_EVALUATORS
 
-from model_fixtures import CONFIG_DIR
+from model_fixtures import CONFIG_DIR, flat_config
 
 # Mask2Former's training sizes, as its configs write them: short side int(x * 0.1 * s) for x in
 # 5..20, s = 640 (ADE20K) or 1024 (Cityscapes).
@@ -231,17 +231,6 @@ def build_full_size(cfg):
         return META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)(cfg)
 
 
-def flat(cfg, prefix=""):
-    """Dotted key -> value of every leaf of a CfgNode."""
-    items = {}
-    for key, value in cfg.items():
-        if isinstance(value, dict):
-            items.update(flat(value, f"{prefix}{key}."))
-        else:
-            items[prefix + key] = value
-    return items
-
-
 class TestPanopticInstanceConfigs(unittest.TestCase):
     def test_each_dataset_and_task_has_the_four_sizes(self):
         for dataset, task in RECIPES:
@@ -391,9 +380,8 @@ class TestPanopticInstanceConfigs(unittest.TestCase):
         for path, _, _, size in leaves():
             with self.subTest(config=os.path.relpath(path, CONFIG_DIR)):
                 (semantic,) = glob.glob(SEMANTIC_LEAVES.format(SIZES[size][0]))
-                ours, theirs = flat(load(path).MODEL, "MODEL."), flat(
-                    load(semantic).MODEL, "MODEL."
-                )
+                ours = flat_config(load(path).MODEL, "MODEL.")
+                theirs = flat_config(load(semantic).MODEL, "MODEL.")
                 differ = sorted(k for k in ours if k not in TASK_KEYS and ours[k] != theirs[k])
                 self.assertEqual(differ, [])
 

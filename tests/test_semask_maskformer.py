@@ -29,6 +29,7 @@ from semask_d2.modeling.transformer_decoder import TransformerPredictor
 
 from model_fixtures import (
     CONFIG_DIR,
+    flat_config,
     official_cfg,
     official_keys,
     parameters_without_gradient,
@@ -55,16 +56,6 @@ def load(path):
     add_semask_config(cfg)
     cfg.merge_from_file(path)
     return cfg
-
-
-def flat(cfg, prefix=""):
-    items = {}
-    for key, value in cfg.items():
-        if isinstance(value, dict):
-            items.update(flat(value, f"{prefix}{key}."))
-        else:
-            items[prefix + key] = value
-    return items
 
 
 def randomize_(model, seed):
@@ -186,8 +177,8 @@ class TestConfigs(unittest.TestCase):
             r"MODEL\.SWIN\.SEM_WINDOWED|MODEL\.MASK_FORMER\.TRANSFORMER_DECODER_NAME|"
             r"TEST\.AUG\.SOFTMAX"
         )
-        ours = flat(load(os.path.join(CONFIGS, LEAVES["large"])))
-        reference = flat(official_cfg(f"{OFFICIAL}.yaml"))
+        ours = flat_config(load(os.path.join(CONFIGS, LEAVES["large"])))
+        reference = flat_config(official_cfg(f"{OFFICIAL}.yaml"))
         differ = {k: (v, reference[k]) for k, v in ours.items() if v != reference[k]}
         self.assertEqual(sorted(k for k in differ if not ignored.fullmatch(k)), [])
         self.assertEqual(
