@@ -17,7 +17,7 @@ from detectron2.layers import Conv2d, ShapeSpec, get_norm
 
 from .build import PIXEL_DECODER_REGISTRY
 
-__all__ = ["BasePixelDecoder"]
+__all__ = ["BasePixelDecoder", "TopDownLevels"]
 
 # The multi-scale maps handed on are the first (coarsest) three: strides 32, 16, 8 for res2..res5.
 _NUM_MULTI_SCALE_FEATURES = 3
@@ -38,8 +38,32 @@ def _output_conv(in_channels: int, conv_dim: int, norm: str) -> Conv2d:
     return conv
 
 
+class TopDownLevels:
+    """
+    The level hooks of an FPN pixel decoder (:class:`BasePixelDecoder`,
+    ``MSDeformAttnPixelDecoder``): each finer level k registers ``adapter_k`` and ``layer_k``, and
+    ``layer_k`` reads the sum of the lateral map and the upsampled coarser output. FaPN's
+    ``FeatureAlignedMerges`` overrides both.
+    """
+
+    def _add_fpn_level(self, idx: int, adapter: nn.Module, layer: nn.Module) -> None:
+        """Register the finer level `idx` (state-dict order = registration order)."""
+        self.add_module(f"adapter_{idx}", adapter)
+        self.add_module(f"layer_{idx}", layer)
+
+    def _merge_top_down(self, idx: int, lateral: torch.Tensor, top_down: torch.Tensor):
+        """
+        The input of ``layer_{idx}``.
+
+        Args:
+            lateral (Tensor): (N, C, H, W), ``adapter_{idx}`` of the backbone map.
+            top_down (Tensor): (N, C, H, W), the coarser output upsampled to (H, W).
+        """
+        return lateral + top_down
+
+
 @PIXEL_DECODER_REGISTRY.register()
-class BasePixelDecoder(nn.Module):
+class BasePixelDecoder(TopDownLevels, nn.Module):
     """
     A top-down FPN over the backbone levels, finest = level 1:
 
@@ -50,8 +74,8 @@ class BasePixelDecoder(nn.Module):
     * ``mask_features``: Conv 3x3 (bias) on the finest output.
 
     The convolutions have no bias when a norm is used (GroupNorm(32) in the official configs).
-    Subclasses change how a finer level merges the coarser output (:meth:`_merge_top_down`) and
-    what it registers (:meth:`_add_fpn_level`).
+    Subclasses change how a finer level merges the coarser output and what it registers through
+    the :class:`TopDownLevels` hooks.
     """
 
     @configurable
@@ -90,21 +114,6 @@ class BasePixelDecoder(nn.Module):
             self._add_fpn_level(idx, adapter, _output_conv(conv_dim, conv_dim, norm))
         self.mask_features = Conv2d(conv_dim, mask_dim, kernel_size=3, padding=1)
         weight_init.c2_xavier_fill(self.mask_features)
-
-    def _add_fpn_level(self, idx: int, adapter: nn.Module, layer: nn.Module) -> None:
-        """Register the finer level `idx` (subclass hook; state-dict order = registration order)."""
-        self.add_module(f"adapter_{idx}", adapter)
-        self.add_module(f"layer_{idx}", layer)
-
-    def _merge_top_down(self, idx: int, lateral: torch.Tensor, top_down: torch.Tensor):
-        """
-        The input of ``layer_{idx}`` (subclass hook).
-
-        Args:
-            lateral (Tensor): (N, C, H, W), ``adapter_{idx}`` of the backbone map.
-            top_down (Tensor): (N, C, H, W), the coarser output upsampled to (H, W).
-        """
-        return lateral + top_down
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]) -> Dict:

@@ -178,9 +178,8 @@ class FeatureAlign(nn.Module):
 
 class FeatureAlignedMerges:
     """
-    Mixin for an FPN pixel decoder with the level hooks ``_add_fpn_level`` and
-    ``_merge_top_down`` (:class:`BasePixelDecoder`, :class:`MSDeformAttnPixelDecoder`): each
-    finer level k merges through FaPN's alignment,
+    Mixin that overrides the level hooks of an FPN pixel decoder (``TopDownLevels``): each finer
+    level k merges through FaPN's alignment,
 
         lat = adapter_k(x_k)
         y = layer_k(align_k(lat, lat + upsampled coarser output))

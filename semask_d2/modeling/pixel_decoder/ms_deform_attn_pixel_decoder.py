@@ -18,6 +18,7 @@ from detectron2.config import configurable
 from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.utils.logger import log_first_n
 
+from .base_pixel_decoder import TopDownLevels
 from .build import PIXEL_DECODER_REGISTRY
 from .deformable_encoder import MultiScaleDeformableTransformer
 from .position_encoding import PositionEmbeddingSine
@@ -29,7 +30,7 @@ _NUM_MULTI_SCALE_FEATURES = 3
 
 
 @PIXEL_DECODER_REGISTRY.register()
-class MSDeformAttnPixelDecoder(nn.Module):
+class MSDeformAttnPixelDecoder(TopDownLevels, nn.Module):
     """
     Refines the coarse backbone levels with a deformable transformer encoder, then adds FPN
     levels down to `common_stride` and predicts per-pixel mask embeddings.
@@ -130,21 +131,6 @@ class MSDeformAttnPixelDecoder(nn.Module):
             weight_init.c2_xavier_fill(adapter)
             weight_init.c2_xavier_fill(layer)
             self._add_fpn_level(idx, adapter, layer)
-
-    def _add_fpn_level(self, idx: int, adapter: nn.Module, layer: nn.Module) -> None:
-        """Register FPN level `idx` (subclass hook; state-dict order = registration order)."""
-        self.add_module(f"adapter_{idx}", adapter)
-        self.add_module(f"layer_{idx}", layer)
-
-    def _merge_top_down(self, idx: int, lateral: torch.Tensor, top_down: torch.Tensor):
-        """
-        The input of ``layer_{idx}`` (subclass hook).
-
-        Args:
-            lateral (Tensor): (N, C, H, W), ``adapter_{idx}`` of the backbone map.
-            top_down (Tensor): (N, C, H, W), the coarser output upsampled to (H, W).
-        """
-        return lateral + top_down
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
