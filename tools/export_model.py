@@ -35,9 +35,9 @@ from detectron2.utils.logger import setup_logger
 from semask_d2 import add_semask_config
 from semask_d2.engine import build_checkpointer, merge_config, user_error_message
 from semask_d2.export import (
-    MIN_SIZE,
     ExportError,
     build_sem_seg_graph,
+    check_sample_size,
     compare_sem_seg,
     export_onnx,
     onnxruntime_session,
@@ -77,11 +77,7 @@ def sample_image(path: str, cfg) -> torch.Tensor:
         size = cfg.INPUT.MIN_SIZE_TEST
         array = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
     image = torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))).float()
-    if min(image.shape[1:]) < MIN_SIZE:
-        raise ExportError(
-            f"the sample image is {image.shape[1]}x{image.shape[2]}; tracing needs at least "
-            f"{MIN_SIZE}x{MIN_SIZE}: pass a larger --sample-image"
-        )
+    check_sample_size(image)
     return image
 
 

@@ -8,7 +8,6 @@ specialisation, when some operation would fix them), then translated by the ONNX
 the ``export`` extra of the package and are imported only here, when used.
 """
 
-import logging
 from typing import Dict
 
 import numpy as np
@@ -22,15 +21,14 @@ from .sem_seg_graph import SemSegGraph
 __all__ = [
     "DEFAULT_OPSET",
     "MIN_SIZE",
+    "check_sample_size",
     "compare_sem_seg",
     "export_onnx",
     "onnxruntime_session",
 ]
 
-logger = logging.getLogger(__name__)
-
-# ONNX opset of the exported graphs: 18 has every operator the models need (GridSample,
-# Resize with antialias off, LayerNormalization) and runs on ONNX Runtime >= 1.14.
+# ONNX opset of the exported graphs: 18 is the one torch's ONNX translation emits natively
+# (others pass through a version converter); 17 is the oldest with LayerNormalization.
 DEFAULT_OPSET = 18
 INPUT_NAME, OUTPUT_NAME = "image", "sem_seg"
 # Smallest H and W the traced graph declares: at 32 or less the stride-32 maps are 1x1, and
@@ -66,10 +64,14 @@ def export_onnx(graph: SemSegGraph, sample: torch.Tensor, path: str, opset: int 
     onnx, _ = _import_onnx()
     if opset < 17:
         raise ExportError(f"--opset {opset} is too old: the graphs need opset 17 or later")
+    check_sample_size(sample)
     dims = {i: torch.export.Dim(name, min=MIN_SIZE) for i, name in ((1, "height"), (2, "width"))}
-    # The math attention kernel fixes the layout of attention outputs while tracing; the fused
-    # CPU kernel returns another, which the exporter's later passes cannot view.
-    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), fx_config.patch(backed_size_oblivious=True):
+    # Math attention kernel: the fused CPU kernel lays its output out differently, and the
+    # exporter's later passes, which re-run the graph with the math layout, cannot view it.
+    # Size-oblivious tracing: sizes that are 1 for the sample (e.g. one window per row) are
+    # traced as general sizes, instead of fixing the graph to that case.
+    oblivious = fx_config.patch(backed_size_oblivious=True)
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), oblivious:
         try:
             program = torch.export.export(
                 graph, (sample,), dynamic_shapes={INPUT_NAME: dims}, strict=False
@@ -87,7 +89,15 @@ def export_onnx(graph: SemSegGraph, sample: torch.Tensor, path: str, opset: int 
         )
     onnx_program.save(path)
     onnx.checker.check_model(path, full_check=True)
-    logger.debug("Wrote %s (opset %d), onnx.checker passed", path, opset)
+
+
+def check_sample_size(image: torch.Tensor) -> None:
+    """Raise :class:`ExportError` unless `image` (3, H, W) is large enough to trace with."""
+    if image.dim() != 3 or min(image.shape[1:]) < MIN_SIZE:
+        raise ExportError(
+            f"the sample image is {'x'.join(map(str, image.shape[1:]))}; tracing needs at least "
+            f"{MIN_SIZE}x{MIN_SIZE}: pass a larger --sample-image"
+        )
 
 
 def _constraint_message(error: Exception) -> str:
