@@ -184,6 +184,14 @@ def training_inputs(num_classes, sizes=((64, 64), (45, 71))):
     return inputs
 
 
+def odd_size_inference_inputs() -> List[Dict]:
+    """Two images of odd sizes for inference: 45 x 71 asked for at 90 x 142, and 61 x 33."""
+    return [
+        {"image": torch.rand(3, 45, 71) * 255, "height": 90, "width": 142},
+        {"image": torch.rand(3, 61, 33) * 255},
+    ]
+
+
 def train_steps(
     model: torch.nn.Module,
     inputs: Union[List[Dict], Callable[[], List[Dict]]],

@@ -22,6 +22,7 @@ from semask_d2.modeling.test_time_augmentation import SemanticSegmentorWithTTA
 
 from model_fixtures import (
     DATA_DIR,
+    odd_size_inference_inputs,
     official_keys,
     parameters_without_gradient,
     tiny_cfg,
@@ -158,12 +159,8 @@ class TestInference(unittest.TestCase):
     def test_odd_sizes_all_outputs(self):
         torch.manual_seed(0)
         model = build_model(mask2former_cfg(PANOPTIC_ON=True, INSTANCE_ON=True)).eval()
-        inputs = [
-            {"image": torch.rand(3, 45, 71) * 255, "height": 90, "width": 142},
-            {"image": torch.rand(3, 61, 33) * 255},
-        ]
         with torch.no_grad():
-            outputs = model(inputs)
+            outputs = model(odd_size_inference_inputs())
         self.assertEqual(tuple(outputs[0]["sem_seg"].shape), (4, 90, 142))
         self.assertEqual(tuple(outputs[1]["sem_seg"].shape), (4, 61, 33))
         # Semantic scores are sums of class probabilities times mask probabilities.

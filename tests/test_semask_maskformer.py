@@ -31,6 +31,7 @@ from model_fixtures import (
     CONFIG_DIR,
     flat_config,
     official_cfg,
+    odd_size_inference_inputs,
     official_keys,
     parameters_without_gradient,
     tiny_cfg,
@@ -376,12 +377,8 @@ class TestTrainingAndInference(unittest.TestCase):
     def test_inference_at_odd_sizes(self):
         torch.manual_seed(0)
         model = build_model(tiny_cfg("maskformer")).eval()
-        inputs = [
-            {"image": torch.rand(3, 45, 71) * 255, "height": 90, "width": 142},
-            {"image": torch.rand(3, 61, 33) * 255},
-        ]
         with torch.no_grad():
-            outputs = model(inputs)
+            outputs = model(odd_size_inference_inputs())
         self.assertEqual(tuple(outputs[0]["sem_seg"].shape), (4, 90, 142))
         self.assertEqual(tuple(outputs[1]["sem_seg"].shape), (4, 61, 33))
         # Sums over queries of class probabilities times mask probabilities: in [0, Q].
