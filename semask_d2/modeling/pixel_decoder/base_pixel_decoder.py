@@ -17,10 +17,25 @@ from detectron2.layers import Conv2d, ShapeSpec, get_norm
 
 from .build import PIXEL_DECODER_REGISTRY
 
-__all__ = ["BasePixelDecoder", "TopDownLevels"]
+__all__ = ["BasePixelDecoder", "TopDownLevels", "fpn_config"]
 
 # The multi-scale maps handed on are the first (coarsest) three: strides 32, 16, 8 for res2..res5.
 _NUM_MULTI_SCALE_FEATURES = 3
+
+
+def fpn_config(cfg, input_shape: Dict[str, ShapeSpec]) -> Dict:
+    """
+    The arguments every FPN pixel decoder reads from MODEL.SEM_SEG_HEAD: `input_shape` (the
+    IN_FEATURES among the backbone outputs), `conv_dim`, `mask_dim` and `norm`.
+    """
+    head = cfg.MODEL.SEM_SEG_HEAD
+    return {
+        # Other backbone outputs (e.g. SeMask's res*_prior maps) are not decoder inputs.
+        "input_shape": {k: v for k, v in input_shape.items() if k in head.IN_FEATURES},
+        "conv_dim": head.CONVS_DIM,
+        "mask_dim": head.MASK_DIM,
+        "norm": head.NORM,
+    }
 
 
 def _output_conv(in_channels: int, conv_dim: int, norm: str) -> Conv2d:
@@ -117,15 +132,8 @@ class BasePixelDecoder(TopDownLevels, nn.Module):
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]) -> Dict:
-        head = cfg.MODEL.SEM_SEG_HEAD
         # TRANSFORMER_ENC_LAYERS is not read, as in the official code: this decoder has none.
-        return {
-            # Other backbone outputs (e.g. SeMask's res*_prior maps) are not decoder inputs.
-            "input_shape": {k: v for k, v in input_shape.items() if k in head.IN_FEATURES},
-            "conv_dim": head.CONVS_DIM,
-            "mask_dim": head.MASK_DIM,
-            "norm": head.NORM,
-        }
+        return fpn_config(cfg, input_shape)
 
     def forward_features(
         self, features: Dict[str, torch.Tensor]

@@ -18,7 +18,7 @@ from detectron2.config import configurable
 from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.utils.logger import log_first_n
 
-from .base_pixel_decoder import TopDownLevels
+from .base_pixel_decoder import TopDownLevels, fpn_config
 from .build import PIXEL_DECODER_REGISTRY
 from .deformable_encoder import MultiScaleDeformableTransformer
 from .position_encoding import PositionEmbeddingSine
@@ -136,12 +136,8 @@ class MSDeformAttnPixelDecoder(TopDownLevels, nn.Module):
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
         head = cfg.MODEL.SEM_SEG_HEAD
         return {
-            # Other backbone outputs (e.g. SeMask's res*_prior maps) are not decoder inputs.
-            "input_shape": {k: v for k, v in input_shape.items() if k in head.IN_FEATURES},
+            **fpn_config(cfg, input_shape),
             "transformer_in_features": head.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES,
-            "conv_dim": head.CONVS_DIM,
-            "mask_dim": head.MASK_DIM,
-            "norm": head.NORM,
             "common_stride": head.COMMON_STRIDE,
             "transformer_enc_layers": head.TRANSFORMER_ENC_LAYERS,
             **_official_encoder_attention(cfg),
