@@ -88,7 +88,14 @@ def export_onnx(graph: SemSegGraph, sample: torch.Tensor, path: str, opset: int 
             verbose=False,
         )
     onnx_program.save(path)
-    onnx.checker.check_model(path, full_check=True)
+    try:
+        onnx.checker.check_model(path, full_check=True)
+    except onnx.checker.ValidationError as e:
+        first = " ".join(str(e).split("\n")[0].split())
+        raise ExportError(
+            f"onnx.checker rejects {path} at opset {opset} ({first[:200]}); operators of newer "
+            "opsets need a larger --opset (DeformConv of SeMask-FaPN: 19)"
+        ) from e
 
 
 def check_sample_size(image: torch.Tensor) -> None:

@@ -70,7 +70,7 @@ class WindowOrder(NamedTuple):
     scatter: torch.Tensor
 
 
-def padded_size(size, window_size: int):
+def _padded_size(size, window_size: int):
     """`size` rounded up to a multiple of `window_size`; an int, or a SymInt when traced."""
     # The expression SeMaskSwinStage uses for the shift mask: traced window counts then match.
     return size + (-size) % window_size
@@ -100,7 +100,7 @@ def window_order_uncached(h, w, window_size: int, shift: int, device: torch.devi
     traces into a graph valid for any size.
     """
     ws = window_size
-    hp, wp = padded_size(h, ws), padded_size(w, ws)
+    hp, wp = _padded_size(h, ws), _padded_size(w, ws)
     # Rolling by -shift reads the padded grid at (position + shift) mod size.
     rows, cols = _window_grid(hp, wp, ws, device)
     rows, cols = _wrap(rows + shift, hp), _wrap(cols + shift, wp)
