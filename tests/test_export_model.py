@@ -40,6 +40,9 @@ from script_loader import load_script
 # detectron2-style padded FPN inference (pad to 32, logits x4): the recipe's unpadded mode
 # resizes levels only when their sizes differ, a branch on the image size.
 FPN_PADDED = ["MODEL.SWIN.SIZE_DIVISIBILITY", "32", "MODEL.SEM_SEG_HEAD.LOGITS_RESIZE", "stride"]
+# The tiny FPN of the tool and benchmark runs: padded, 4 classes, random weights.
+FPN_OPTS = tiny_opts("SemanticSegmentor") + FPN_PADDED
+FPN_OPTS += ["MODEL.SEM_SEG_HEAD.NUM_CLASSES", "4", "MODEL.WEIGHTS", ""]
 # Sizes of the parity checks: a multiple of 32, neither side a multiple of 32, a wide one.
 SIZES = [(64, 64), (45, 71), (40, 100)]
 
@@ -118,99 +121,84 @@ class TestSemSegGraph(unittest.TestCase):
             export_onnx(build_sem_seg_graph(model), _image(40, 40), "unused.onnx", opset=16)
 
 
-class TestOnnxExport(unittest.TestCase):
+class ExportTestCase(unittest.TestCase):
     """
-    One export per family, three sizes each. FPN through tools/export_model.py (its printed
-    report included); Mask2Former through `export_onnx`. Tolerances of the issue: FPN within
-    1e-4 everywhere; Mask2Former >= 99.9 % of values within 1e-4 and the argmax equal on
-    >= 99.99 % of pixels (a sigmoid threshold in the masked attention can flip on float noise).
+    One export per test method, so that parallel workers never repeat one. Tolerances of the
+    issue: FPN within 1e-4 everywhere; Mask2Former >= 99.9 % of values within 1e-4 and the
+    argmax equal on >= 99.99 % of pixels (a sigmoid threshold in the masked attention can flip
+    on float noise).
     """
 
-    @classmethod
-    def setUpClass(cls):
-        cls.tmp = tempfile.TemporaryDirectory()
-        cls.tool = load_script("tools/export_model.py")
-        # FPN: the tool, with the seed that rebuilds the same random weights below.
-        opts = tiny_opts("SemanticSegmentor") + FPN_PADDED
-        opts += ["MODEL.SEM_SEG_HEAD.NUM_CLASSES", "4", "MODEL.WEIGHTS", ""]
-        cls.fpn_dir = os.path.join(cls.tmp.name, "fpn")
-        argv = ["--config-file", os.path.join(CONFIG_DIR, TINY_CONFIGS["fpn"])]
-        argv += ["--format", "onnx", "--output", cls.fpn_dir, "--threads", "1"] + opts
-        cls.fpn_report = io.StringIO()
-        torch.manual_seed(0)
-        with contextlib.redirect_stdout(cls.fpn_report):
-            cls.fpn_status = cls.tool.main(argv)
-        torch.manual_seed(0)
-        cls.fpn_model = build_model(cls.tool.setup_cfg(cls.tool.parse_args(argv))).eval()
-        # Mask2Former: one decoder layer after the first prediction still masks attention.
-        cfg = tiny_cfg("mask2former")
-        cfg.MODEL.MASK_FORMER.DEC_LAYERS = 2
-        cls.m2f_model = tiny_model(cfg).eval()
-        cls.m2f_path = os.path.join(cls.tmp.name, "m2f.onnx")
-        export_onnx(build_sem_seg_graph(cls.m2f_model), _image(64, 96), cls.m2f_path)
+    def setUp(self):
+        tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(tmp.cleanup)
+        self.tmp = tmp.name
 
-    @classmethod
-    def tearDownClass(cls):
-        cls.tmp.cleanup()
-
-    def _stats(self, path, model):
-        session = onnxruntime_session(path, threads=2)
-        for height, width in SIZES:
+    def parity(self, path, model, threads=2, sizes=SIZES):
+        """Yields ((H, W), compare_sem_seg stats) of ONNX Runtime against `model` at `sizes`."""
+        session = onnxruntime_session(path, threads)
+        for height, width in sizes:
             image = _image(height, width, seed=height)
             out = session.run(None, {"image": image.numpy()})[0]
-            self.assertEqual(out.dtype, np.float32)
-            self.assertEqual(out.shape, (4, height, width))
+            self.assertEqual((out.dtype, out.shape), (np.float32, (4, height, width)))
             yield (height, width), compare_sem_seg(out, _model_sem_seg(model, image))
 
-    def test_tool_report_and_contract(self):
-        self.assertEqual(self.fpn_status, 0)
-        path = os.path.join(self.fpn_dir, "model.onnx")
-        # the report lines, without the log lines
-        lines = self.fpn_report.getvalue().splitlines()
-        lines = [line for line in lines if not line.startswith(("[", "WARNING"))]
+    def assert_graph_contract(self, path):
+        proto = onnx.load(path)
+        self.assertGreaterEqual(proto.opset_import[0].version, 17)
+        (inp,), (out,) = proto.graph.input, proto.graph.output
+        self.assertEqual((inp.name, out.name), ("image", "sem_seg"))
+        self.assertEqual(inp.type.tensor_type.elem_type, onnx.TensorProto.FLOAT)
+        dims = inp.type.tensor_type.shape.dim
+        self.assertEqual(dims[0].dim_value, 3)
+        # H and W symbolic; the output's are expressions of them (equal to them at run time,
+        # see the parity checks)
+        self.assertTrue(dims[1].dim_param and dims[2].dim_param)
+        out_dims = out.type.tensor_type.shape.dim
+        self.assertEqual(len(out_dims), 3)
+        self.assertEqual(out_dims[0].dim_value, 4)
+        self.assertTrue(all(d.dim_param for d in out_dims[1:]))
+
+
+class TestFpnExport(ExportTestCase):
+    def test_tool_export_parity_and_benchmark(self):
+        # tools/export_model.py, with the seed that rebuilds the same random weights below
+        tool = load_script("tools/export_model.py")
+        out_dir = os.path.join(self.tmp, "fpn")
+        path = os.path.join(out_dir, "model.onnx")
+        argv = ["--config-file", os.path.join(CONFIG_DIR, TINY_CONFIGS["fpn"])]
+        argv += ["--format", "onnx", "--output", out_dir, "--threads", "1"] + FPN_OPTS
+        report = io.StringIO()
+        torch.manual_seed(0)
+        with contextlib.redirect_stdout(report):
+            self.assertEqual(tool.main(argv), 0)
+        torch.manual_seed(0)
+        model = build_model(tool.setup_cfg(tool.parse_args(argv))).eval()
+
+        lines = [line for line in report.getvalue().splitlines() if not line.startswith("[")]
+        lines = [line for line in lines if not line.startswith("WARNING")]  # log lines
         self.assertEqual(len(lines), 2, lines)
         self.assertTrue(lines[0].startswith(f"Wrote {path} ("), lines)
         self.assertIn("onnx.checker passed", lines[0])
         # the generated sample: INPUT.MIN_SIZE_TEST squared
         self.assertIn("512x512 image, sem_seg (4, 512, 512): largest difference", lines[1])
-        for model_path in (path, self.m2f_path):
-            proto = onnx.load(model_path)
-            self.assertGreaterEqual(proto.opset_import[0].version, 17)
-            (inp,), (out,) = proto.graph.input, proto.graph.output
-            self.assertEqual((inp.name, out.name), ("image", "sem_seg"))
-            self.assertEqual(inp.type.tensor_type.elem_type, onnx.TensorProto.FLOAT)
-            dims = inp.type.tensor_type.shape.dim
-            self.assertEqual(dims[0].dim_value, 3)
-            # H and W symbolic; the output's are expressions of them (equal to them at run time,
-            # see the parity tests)
-            self.assertTrue(dims[1].dim_param and dims[2].dim_param)
-            out_dims = out.type.tensor_type.shape.dim
-            self.assertEqual(len(out_dims), 3)
-            self.assertEqual(out_dims[0].dim_value, 4)
-            self.assertTrue(all(d.dim_param for d in out_dims[1:]))
+        self.assert_graph_contract(path)
 
-    def test_fpn_parity(self):
-        path = os.path.join(self.fpn_dir, "model.onnx")
-        for size, stats in self._stats(path, self.fpn_model):
+        for size, stats in self.parity(path, model):
             with self.subTest(size=size):
                 self.assertLessEqual(stats["max_abs_diff"], 1e-4)
+        # traced for H, W >= 33; the FPN accepts smaller images and the graph follows it
+        ((_, stats),) = self.parity(path, model, threads=1, sizes=[(20, 37)])
+        self.assertLessEqual(stats["max_abs_diff"], 1e-4)
+        self.check_benchmark(path)
 
-    def test_mask2former_parity(self):
-        for size, stats in self._stats(self.m2f_path, self.m2f_model):
-            with self.subTest(size=size):
-                self.assertGreaterEqual(stats["within_1e-4"], 0.999)
-                self.assertGreaterEqual(stats["argmax_agree"], 0.9999)
-
-    def test_benchmark_times_graph_and_onnxruntime(self):
+    def check_benchmark(self, onnx_path):
         # tools/benchmark.py: the exported graph in PyTorch eager and in ONNX Runtime
         benchmark = load_script("tools/benchmark.py")
-        path = os.path.join(self.tmp.name, "rows.json")
+        path = os.path.join(self.tmp, "rows.json")
         argv = ["--config-file", os.path.join(CONFIG_DIR, TINY_CONFIGS["fpn"])]
         argv += ["--input-size", "64", "48", "--tasks", "graph,onnxruntime", "--device", "cpu"]
-        argv += ["--threads", "1", "--json", path]
-        argv += ["--onnx-model", os.path.join(self.fpn_dir, "model.onnx")]
-        argv += tiny_opts("SemanticSegmentor") + FPN_PADDED
-        argv += ["MODEL.SEM_SEG_HEAD.NUM_CLASSES", "4", "MODEL.WEIGHTS", ""]
+        argv += ["--threads", "1", "--json", path, "--onnx-model", onnx_path] + FPN_OPTS
         with contextlib.redirect_stdout(io.StringIO()):
             self.assertEqual(benchmark.main(argv), 0)
         with open(path) as f:
@@ -223,13 +211,20 @@ class TestOnnxExport(unittest.TestCase):
         # ONNX counts its initializers: the weights inference uses and folded constants
         self.assertGreater(rows[1]["params"], 0.9 * rows[0]["params"])
 
-    def test_small_images_run_below_the_traced_range(self):
-        # Traced for H, W >= 33; the FPN accepts smaller images and the graph follows it.
-        session = onnxruntime_session(os.path.join(self.fpn_dir, "model.onnx"), threads=1)
-        image = _image(20, 37)
-        out = session.run(None, {"image": image.numpy()})[0]
-        stats = compare_sem_seg(out, _model_sem_seg(self.fpn_model, image))
-        self.assertLessEqual(stats["max_abs_diff"], 1e-4)
+
+class TestMask2FormerExport(ExportTestCase):
+    def test_export_parity(self):
+        # one decoder layer after the first prediction: attention masked by predicted masks
+        cfg = tiny_cfg("mask2former")
+        cfg.MODEL.MASK_FORMER.DEC_LAYERS = 2
+        model = tiny_model(cfg).eval()
+        path = os.path.join(self.tmp, "m2f.onnx")
+        export_onnx(build_sem_seg_graph(model), _image(64, 96), path)
+        self.assert_graph_contract(path)
+        for size, stats in self.parity(path, model):
+            with self.subTest(size=size):
+                self.assertGreaterEqual(stats["within_1e-4"], 0.999)
+                self.assertGreaterEqual(stats["argmax_agree"], 0.9999)
 
 
 class TestExportToolErrors(unittest.TestCase):
