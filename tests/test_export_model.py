@@ -19,8 +19,10 @@ import onnx
 import torch
 from PIL import Image
 
+from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
+from semask_d2 import add_semask_config
 from semask_d2.export import (
     ExportError,
     build_sem_seg_graph,
@@ -34,7 +36,7 @@ from semask_d2.modeling.backbone.swin_blocks import (
     window_partition,
 )
 
-from model_fixtures import CONFIG_DIR, TINY_CONFIGS, tiny_cfg, tiny_model, tiny_opts
+from model_fixtures import CONFIG_DIR, TINY_CONFIGS, shrink, tiny_cfg, tiny_model, tiny_opts
 from script_loader import load_script
 
 # detectron2-style padded FPN inference (pad to 32, logits x4): the recipe's unpadded mode
@@ -43,6 +45,9 @@ FPN_PADDED = ["MODEL.SWIN.SIZE_DIVISIBILITY", "32", "MODEL.SEM_SEG_HEAD.LOGITS_R
 # The tiny FPN of the tool and benchmark runs: padded, 4 classes, random weights.
 FPN_OPTS = tiny_opts("SemanticSegmentor") + FPN_PADDED
 FPN_OPTS += ["MODEL.SEM_SEG_HEAD.NUM_CLASSES", "4", "MODEL.WEIGHTS", ""]
+PANOPTIC_CONFIG = (
+    "ade20k/panoptic-segmentation/semask_mask2former/maskformer2_semask_swin_tiny_bs16_160k.yaml"
+)
 # Sizes of the parity checks: a multiple of 32, neither side a multiple of 32, a wide one.
 SIZES = [(64, 64), (45, 71), (40, 100)]
 
@@ -50,6 +55,16 @@ SIZES = [(64, 64), (45, 71), (40, 100)]
 def _image(height, width, seed=0):
     gen = torch.Generator().manual_seed(seed)
     return torch.randint(0, 256, (3, height, width), generator=gen).float()
+
+
+def _tiny_panoptic_cfg():
+    cfg = get_cfg()
+    add_semask_config(cfg)
+    cfg.merge_from_file(os.path.join(CONFIG_DIR, PANOPTIC_CONFIG))
+    shrink(cfg)
+    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 4
+    cfg.DATASETS.TEST = ()
+    return cfg
 
 
 def _model_sem_seg(model, image):
@@ -88,9 +103,11 @@ class TestSemSegGraph(unittest.TestCase):
     """The eager graph reproduces the model's `sem_seg` exactly, before any export."""
 
     def test_graph_is_the_model(self):
-        cases = [("fpn", []), ("fpn", FPN_PADDED), ("mask2former", [])]
+        # the panoptic recipe (panoptic and instance on) with its semantic output turned on
+        panoptic = ["MODEL.MASK_FORMER.TEST.SEMANTIC_ON", "True"]
+        cases = [("fpn", []), ("fpn", FPN_PADDED), ("mask2former", []), ("panoptic", panoptic)]
         for family, opts in cases:
-            cfg = tiny_cfg(family)
+            cfg = tiny_cfg(family) if family != "panoptic" else _tiny_panoptic_cfg()
             cfg.merge_from_list(opts)
             model = tiny_model(cfg).eval()
             graph = build_sem_seg_graph(model)
