@@ -27,8 +27,9 @@ __all__ = ["MaskFormerGraph", "SemSegGraph", "SemanticSegmentorGraph", "build_se
 class SemSegGraph(nn.Module):
     """
     ``image`` (3, H, W) float32, RGB, 0-255 -> ``sem_seg`` (K, H, W) float32, equal to the
-    wrapped model's ``sem_seg`` for an input dict ``{"image": image}`` (already in the model's
-    channel order) without ``height``/``width``. Subclasses implement :meth:`predict`.
+    wrapped model's ``sem_seg`` for the input ``[{"image": image}]`` (channels flipped first
+    for a BGR model; no ``height``/``width``, so no resize). Subclasses implement
+    :meth:`predict`.
     """
 
     def __init__(self, model: nn.Module, *, size_divisibility: int, input_format: str = "RGB"):
