@@ -39,11 +39,10 @@ from semask_d2.modeling.backbone.swin_blocks import (
 from model_fixtures import CONFIG_DIR, TINY_CONFIGS, shrink, tiny_cfg, tiny_model, tiny_opts
 from script_loader import load_script
 
-# detectron2-style padded FPN inference (pad to 32, logits x4): the recipe's unpadded mode
-# resizes levels only when their sizes differ, a branch on the image size.
+# detectron2-style padded FPN inference (pad to 32, logits x4), beside the recipe's unpadded one.
 FPN_PADDED = ["MODEL.SWIN.SIZE_DIVISIBILITY", "32", "MODEL.SEM_SEG_HEAD.LOGITS_RESIZE", "stride"]
-# The tiny FPN of the tool and benchmark runs: padded, 4 classes, random weights.
-FPN_OPTS = tiny_opts("SemanticSegmentor") + FPN_PADDED
+# The tiny FPN of the tool and benchmark runs: the recipe (unpadded), 4 classes, random weights.
+FPN_OPTS = tiny_opts("SemanticSegmentor")
 FPN_OPTS += ["MODEL.SEM_SEG_HEAD.NUM_CLASSES", "4", "MODEL.WEIGHTS", ""]
 PANOPTIC_CONFIG = (
     "ade20k/panoptic-segmentation/semask_mask2former/maskformer2_semask_swin_tiny_bs16_160k.yaml"

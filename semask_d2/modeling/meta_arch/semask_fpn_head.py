@@ -223,9 +223,9 @@ class SeMaskFPNHead(SemSegFPNHead):
             if x is None:
                 x = y
                 continue
-            # mmseg resizes every level to the finest one. Inputs padded to the backbone's
-            # size divisibility (32) already match, so this only acts on unpadded inputs.
-            if y.shape[-2:] != x.shape[-2:]:
-                y = F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
+            # mmseg resizes every level to the finest one. On inputs padded to the backbone's
+            # size divisibility (32) the sizes already match and the resize is an exact copy;
+            # no branch on the size, so that export keeps H and W dynamic.
+            y = F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
             x = x + y
         return self.predictor(self.dropout(x))
