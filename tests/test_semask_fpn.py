@@ -346,7 +346,7 @@ class TestSemanticSegmentorWithSeMaskFPNHead(unittest.TestCase):
         inputs[1].update(height=90, width=142)
         with (
             mock.patch.object(SemanticPriorLoss, "forward") as prior,
-            mock.patch.object(SemanticPriorLoss, "decode") as decode,
+            mock.patch.object(SemanticPriorLoss, "decode_finest") as decode,
             torch.no_grad(),
         ):
             outputs = model(inputs)

@@ -172,14 +172,14 @@ class TestInference(unittest.TestCase):
     def test_no_prior_decoding_at_inference(self):
         model = build_model(mask2former_cfg()).eval()
         with (
-            mock.patch.object(SemanticPriorLoss, "decode") as decode,
+            mock.patch.object(SemanticPriorLoss, "decode_finest") as decode,
             torch.no_grad(),
         ):
             model([{"image": torch.rand(3, 40, 40) * 255}])
         self.assertEqual(decode.call_count, 0)
         # The same spy counts the decoding in training.
         with mock.patch.object(
-            SemanticPriorLoss, "decode", wraps=model.prior_loss.decode
+            SemanticPriorLoss, "decode_finest", wraps=model.prior_loss.decode_finest
         ) as decode:
             model.train()
             with EventStorage():

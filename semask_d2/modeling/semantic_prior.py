@@ -15,6 +15,8 @@ from torch import nn
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 
+from .upsampled_cross_entropy import upsampled_cross_entropy_sum
+
 __all__ = [
     "SemanticPriorLoss",
     "PRIOR_CONVENTIONS",
@@ -154,6 +156,25 @@ class SemanticPriorLoss(nn.Module):
             Tensor: (B, K, H', W') logits: the padded input size (s0 * finest map) for
             "detectron2", `label_size` for "mmseg".
         """
+        total = self.decode_finest(priors)
+        return self._resize(total, self._decoded_size(total, label_size))
+
+    def _decoded_size(
+        self, total: torch.Tensor, label_size: Optional[Tuple[int, int]]
+    ) -> Tuple[int, int]:
+        if self.convention == "detectron2":
+            return (total.shape[-2] * self.base_stride, total.shape[-1] * self.base_stride)
+        if label_size is None:
+            raise ValueError("The mmseg prior convention resizes to the labels: pass label_size")
+        return label_size
+
+    def decode_finest(self, priors: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """
+        Args:
+            priors (dict[str, Tensor]): (B, K, H/s, W/s) logits, at least `in_features`.
+        Returns:
+            Tensor: (B, K, H/s0, W/s0) sum of the prior maps at the finest stride s0.
+        """
         base = priors[self.in_features[0]]
         size = tuple(base.shape[-2:])
         total = base
@@ -164,11 +185,7 @@ class SemanticPriorLoss(nn.Module):
                     x, scale_factor=2.0, mode="bilinear", align_corners=self.align_corners
                 )
             total = total + self._resize(x, size)
-        if self.convention == "detectron2":
-            return self._resize(total, (size[0] * self.base_stride, size[1] * self.base_stride))
-        if label_size is None:
-            raise ValueError("The mmseg prior convention resizes to the labels: pass label_size")
-        return self._resize(total, label_size)
+        return total
 
     def forward(
         self, priors: Dict[str, torch.Tensor], targets: torch.Tensor
@@ -183,10 +200,14 @@ class SemanticPriorLoss(nn.Module):
         """
         if not self.training:
             return {}
-        logits = self.decode(priors, tuple(targets.shape[-2:]))
-        targets = self._match_labels(targets, tuple(logits.shape[-2:]))
-        loss = F.cross_entropy(
-            logits.float(), targets, ignore_index=self.ignore_value, reduction="sum"
+        total = self.decode_finest(priors).float()
+        targets = self._match_labels(targets, self._decoded_size(total, tuple(targets.shape[-2:])))
+        # The cross-entropy of `decode`'s upsampled logits, without holding them.
+        loss = upsampled_cross_entropy_sum(
+            total,
+            targets,
+            align_corners=self.align_corners,
+            ignore_value=self.ignore_value,
         )
         if self.averaging == "mmseg":
             count = targets.numel()
