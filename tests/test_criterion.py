@@ -63,9 +63,11 @@ def criterion(indices, deep_supervision=True):
 
 
 def fixed_points():
-    return mock.patch(
-        "semask_d2.modeling.criterion.get_uncertain_point_coords_with_randomness",
-        side_effect=lambda logits, *args: PIXEL_CENTRES.expand(logits.shape[0], -1, -1),
+    return mock.patch.object(
+        SetCriterion,
+        "_uncertain_points",
+        side_effect=lambda logits: PIXEL_CENTRES.expand(logits.shape[0], -1, -1),
+        autospec=False,
     )
 
 

@@ -72,7 +72,7 @@ class MaskFormerSetCriterion(BaseSetCriterion):
     def mask_pairs(self, src: torch.Tensor, tgt: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Logits upsampled to the target size, flattened with the targets; see the base."""
         src = F.interpolate(src[:, None], size=tgt.shape[-2:], mode="bilinear", align_corners=False)
-        return src.flatten(1), tgt.flatten(1)
+        return src.flatten(1), tgt.to(src.dtype).flatten(1)
 
     def pixel_mask_loss(
         self, logits: torch.Tensor, labels: torch.Tensor, num_masks: float

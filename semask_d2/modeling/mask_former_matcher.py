@@ -78,7 +78,7 @@ class MaskFormerHungarianMatcher(BaseHungarianMatcher):
         self, masks: torch.Tensor, tgt_masks: torch.Tensor
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Focal and dice costs over the prediction's pixels; see the base class."""
-        tgt = F.interpolate(tgt_masks[:, None], size=masks.shape[-2:], mode="nearest")[:, 0]
+        tgt = F.interpolate(tgt_masks[:, None].float(), size=masks.shape[-2:], mode="nearest")[:, 0]
         pred, tgt = masks.flatten(1), tgt.flatten(1)
         focal = batch_sigmoid_focal_cost(pred, tgt, self.focal_alpha, self.focal_gamma)
         return focal, batch_dice_cost(pred, tgt)

@@ -15,6 +15,8 @@ from torch import nn
 from detectron2.config import configurable
 from detectron2.projects.point_rend.point_features import point_sample
 
+from .mask_point_sampling import sample_masks
+
 __all__ = [
     "BaseHungarianMatcher",
     "HungarianMatcher",
@@ -93,7 +95,8 @@ class BaseHungarianMatcher(nn.Module):
         """
         Args:
             masks (Tensor): (Q, H, W) float32 mask logits of one image.
-            tgt_masks (Tensor): (T, H', W') float32 binary target masks (any resolution).
+            tgt_masks (Tensor): (T, H', W') binary target masks as stored (bool or float, any
+                resolution).
         Returns:
             tuple[Tensor, Tensor]: (Q, T) unweighted per-pixel mask cost and dice cost.
         """
@@ -116,7 +119,7 @@ class BaseHungarianMatcher(nn.Module):
             Tensor: (Q, T) float32 matching costs.
         """
         cost_class = -logits.float().softmax(-1)[:, labels]
-        cost_mask, cost_dice = self.mask_costs(masks.float(), tgt_masks.float())
+        cost_mask, cost_dice = self.mask_costs(masks.float(), tgt_masks)
         return (
             self.cost_mask * cost_mask + self.cost_class * cost_class + self.cost_dice * cost_dice
         )
@@ -190,5 +193,5 @@ class HungarianMatcher(BaseHungarianMatcher):
         coords = self._random_points(masks.device)
         # Masks as channels of one image: every mask is sampled at the same points, no copies.
         pred = point_sample(masks[None], coords, align_corners=False)[0]
-        tgt = point_sample(tgt_masks[None], coords, align_corners=False)[0]
+        tgt = sample_masks(tgt_masks, coords)
         return batch_sigmoid_ce_cost(pred, tgt), batch_dice_cost(pred, tgt)
