@@ -118,12 +118,13 @@ class TestFlopHandles(unittest.TestCase):
             "linear": 5 * 8 * 16 + 5 * 8 * 8 + 5 * 8 * 8,
             # Per level, (N*M, D, P, Lq) samples at 4 each.
             "grid_sampler": 2 * 4 * (2 * 4 * 2 * 5),
-            # Weighted sum over L*P samples: one multiply, then L*P - 1 fused multiply-adds of
-            # (N*M, D, Lq); the multiply is elementwise (detectron2 ignores aten::mul).
-            "addcmul_": 3 * (2 * 4 * 5),
+            # Weighted sum over the P samples of each level: one multiply, then P - 1 fused
+            # multiply-adds of (N*M, D, Lq); the multiplies and the sum over levels are
+            # elementwise (detectron2 ignores aten::mul and aten::add).
+            "addcmul_": 2 * 1 * (2 * 4 * 5),
         }
         self.assertEqual(ops, expected)
-        self.assertEqual(total, 1280 + 1280 + 640 + 120)
+        self.assertEqual(total, 1280 + 1280 + 640 + 80)
 
 
 FAPN_TINY_CONFIG = (
