@@ -10,19 +10,17 @@ import detectron2.utils.logger
 import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
-from semask_d2 import add_semask_config
 from semask_d2.modeling.meta_arch import SeMaskMaskFormer
 from semask_d2.modeling.semantic_prior import SemanticPriorLoss
 from semask_d2.modeling.test_time_augmentation import SemanticSegmentorWithTTA
 
 from model_fixtures import (
-    DATA_DIR,
     odd_size_inference_inputs,
+    official_cfg,
     official_keys,
     parameters_without_gradient,
     tiny_cfg,
@@ -38,17 +36,10 @@ def mask2former_cfg(num_classes=4, **mask_former_test):
     return cfg
 
 
-def official_dump(name):
-    cfg = get_cfg()
-    add_semask_config(cfg)
-    cfg.merge_from_file(os.path.join(DATA_DIR, "official_configs", name))
-    return cfg
-
-
 class TestOfficialCompatibility(unittest.TestCase):
     def test_official_config_dumps_build_the_official_key_list(self):
         for dataset, params in [("ade20k", 222_632_383), ("cityscapes", 221_843_108)]:
-            cfg = official_dump(f"semask_swinL_mask2former_{dataset}.yaml")
+            cfg = official_cfg(f"semask_swinL_mask2former_{dataset}.yaml")
             # Shapes only: the full SeMask-L model without allocating its weights.
             cfg.MODEL.DEVICE = "meta"
             with torch.device("meta"):
@@ -62,7 +53,7 @@ class TestOfficialCompatibility(unittest.TestCase):
     def test_deformable_attention_heads_follow_mask_former_nheads(self):
         # The official code takes these heads from MODEL.MASK_FORMER.NHEADS and hard-codes 4
         # points; the dump still says DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS: 8.
-        cfg = official_dump("semask_swinL_mask2former_ade20k.yaml")
+        cfg = official_cfg("semask_swinL_mask2former_ade20k.yaml")
         self.assertEqual(cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS, 8)
         cfg.MODEL.MASK_FORMER.NHEADS = 4
         # A small backbone keeps the test fast; the head is the official one.
