@@ -9,12 +9,13 @@ from torch import nn
 
 from detectron2.utils import comm
 
-from semask_d2.modeling.criterion import SetCriterion
+from semask_d2.modeling.criterion import BaseSetCriterion, SetCriterion
 
 from model_fixtures import official_cfg
 
-# Centres of the pixels of a 1 x 4 map: point_sample (align_corners False) reads them exactly.
-PIXEL_CENTRES = torch.tensor([[[0.125, 0.5], [0.375, 0.5], [0.625, 0.5], [0.875, 0.5]]])
+# The four pixel centres of a 1 x 4 mask, (x, y) in grid_sample's [-1, 1]: bilinear reads
+# (align_corners False) return the pixels exactly.
+PIXEL_CENTRES = torch.tensor([[[-0.75, 0.0], [-0.25, 0.0], [0.25, 0.0], [0.75, 0.0]]])
 
 # K = 2 classes, Q = 3 queries, 1 x 4 masks.
 LOGITS = [[0.0, 3.0, 0.0], [1.0, 0.0, 2.0], [2.0, 1.0, 0.0]]
@@ -174,7 +175,7 @@ class TestSetCriterion(unittest.TestCase):
         small = {"labels": torch.tensor([0]), "masks": torch.ones(1, 1, 2, dtype=torch.bool)}
         large = {"labels": torch.tensor([1]), "masks": torch.ones(1, 2, 3, dtype=torch.bool)}
         index = (torch.tensor([0]), torch.tensor([0]))
-        padded = SetCriterion._matched_target_masks([small, large], [index, index], torch.float)
+        padded = BaseSetCriterion._matched_target_masks([small, large], [index, index], torch.float)
         expected = torch.tensor([[[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]], [[1.0, 1.0, 1.0]] * 2])
         self.assertTrue(torch.equal(padded, expected))
 

@@ -11,8 +11,9 @@ from semask_d2.modeling.matcher import HungarianMatcher
 
 from model_fixtures import official_cfg
 
-# Centres of the pixels of a 1 x 4 map: point_sample (align_corners False) reads them exactly.
-PIXEL_CENTRES = torch.tensor([[[0.125, 0.5], [0.375, 0.5], [0.625, 0.5], [0.875, 0.5]]])
+# The four pixel centres of a 1 x 4 mask, (x, y) in grid_sample's [-1, 1]: bilinear reads
+# (align_corners False) return the pixels exactly.
+PIXEL_CENTRES = torch.tensor([[[-0.75, 0.0], [-0.25, 0.0], [0.25, 0.0], [0.75, 0.0]]])
 
 
 def bce(x, t):

@@ -16,10 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from detectron2.config import configurable
-from detectron2.projects.point_rend.point_features import point_sample
 from detectron2.utils import comm
 
-from .mask_point_sampling import sample_masks
+from .mask_point_sampling import MaskTable, grid_sample_points, uniform_grid
 from .matcher import HungarianMatcher
 
 __all__ = ["BaseSetCriterion", "SetCriterion", "dice_loss", "sigmoid_ce_loss"]
@@ -56,16 +55,18 @@ def dice_loss(logits: torch.Tensor, targets: torch.Tensor, num_masks: float) -> 
     return (1 - (numerator + 1) / (denominator + 1)).sum() / num_masks
 
 
-def _uncertainty(logits: torch.Tensor) -> torch.Tensor:
-    # Points whose logit is closest to 0 are the least certain.
-    return -logits.abs()
+def _uncertainty_(logits: torch.Tensor) -> torch.Tensor:
+    # Points whose logit is closest to 0 are the least certain. In place: the sampled logits
+    # are a temporary.
+    return logits.abs_().neg_()
 
 
 class BaseSetCriterion(nn.Module):
     """
     Matches predictions to targets and computes `loss_ce`, `loss_mask` and `loss_dice` (suffixed
     `_i` for auxiliary output i). Subclasses say which mask logits and labels the mask losses
-    compare (:meth:`mask_pairs`) and the per-pixel mask loss (:meth:`pixel_mask_loss`). The
+    compare (:meth:`mask_pairs`) and the per-pixel mask loss (:meth:`pixel_mask_loss`), or
+    replace :meth:`loss_masks` with :meth:`prepare_targets` (as :class:`SetCriterion`). The
     returned losses are unweighted; `weight_dict` holds the factors the meta-architecture
     applies (and losses missing from it are dropped there).
     """
@@ -125,6 +126,10 @@ class BaseSetCriterion(nn.Module):
             "deep_supervision": mf.DEEP_SUPERVISION,
         }
 
+    def prepare_targets(self, targets: List[Dict]) -> List[Dict]:
+        """The targets as the matcher and :meth:`loss_masks` read them; here unchanged."""
+        return targets
+
     def mask_pairs(self, src: torch.Tensor, tgt: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """
         Args:
@@ -162,6 +167,7 @@ class BaseSetCriterion(nn.Module):
             with suffix `_i` for each auxiliary output i.
         """
         num_masks = self._num_masks(targets, outputs["pred_logits"].device)
+        targets = self.prepare_targets(targets)
         losses = self._losses(outputs, targets, num_masks)
         if self.deep_supervision:
             for i, aux in enumerate(outputs.get("aux_outputs", [])):
@@ -229,9 +235,7 @@ class BaseSetCriterion(nn.Module):
         batch_idx, query_idx = self._query_index(indices)
         src = masks[batch_idx, query_idx]
         if src.shape[0] == 0:
-            # No matched pair in the batch: zero losses that still belong to the graph.
-            zero = masks.sum() * 0.0
-            return {"loss_mask": zero, "loss_dice": zero.clone()}
+            return self._zero_mask_losses(masks)
         # As stored: subclasses read only what they need of the full-resolution targets.
         tgt = self._matched_target_masks(targets, indices)
         logits, labels = self.mask_pairs(src, tgt)
@@ -239,6 +243,12 @@ class BaseSetCriterion(nn.Module):
             "loss_mask": self.pixel_mask_loss(logits, labels, num_masks),
             "loss_dice": dice_loss(logits, labels, num_masks),
         }
+
+    @staticmethod
+    def _zero_mask_losses(masks: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """No matched pair in the batch: zero losses that still belong to the graph."""
+        zero = masks.sum() * 0.0
+        return {"loss_mask": zero, "loss_dice": zero.clone()}
 
     @staticmethod
     def _query_index(indices: Indices) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -307,13 +317,42 @@ class SetCriterion(BaseSetCriterion):
             "importance_sample_ratio": mf.IMPORTANCE_SAMPLE_RATIO,
         }
 
-    def mask_pairs(self, src: torch.Tensor, tgt: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Logits and labels at uncertainty-sampled points; see the base class."""
+    def prepare_targets(self, targets: List[Dict]) -> List[Dict]:
+        """
+        The batch's target masks laid out once (:class:`MaskTable`) for the point reads of the
+        matcher and the mask losses of every prediction; each target's "masks" becomes its
+        :class:`ImageMasks`.
+        """
+        table = MaskTable([t["masks"] for t in targets])
+        return [dict(t, masks=table.image(b)) for b, t in enumerate(targets)]
+
+    def loss_masks(
+        self,
+        masks: torch.Tensor,
+        targets: List[Dict],
+        indices: Indices,
+        num_masks: float,
+    ) -> Dict[str, torch.Tensor]:
+        """
+        Mean sigmoid BCE and dice at uncertainty-sampled points; `targets` as returned by
+        :meth:`prepare_targets`. See the base class.
+        """
+        batch_idx, query_idx = self._query_index(indices)
+        src = masks[batch_idx, query_idx]
+        if src.shape[0] == 0:
+            return self._zero_mask_losses(masks)
+        table = targets[0]["masks"].table
+        rows = torch.cat([table.rows(b, tgt) for b, (_, tgt) in enumerate(indices)])
         with torch.no_grad():
-            coords = self._uncertain_points(src[:, None])
-            point_labels = sample_masks(tgt, coords)
-        point_logits = point_sample(src[:, None], coords, align_corners=False)[:, 0]
-        return point_logits, point_labels
+            grid = self._uncertain_points(src[:, None])
+            # Normalised to the largest target size, as the padded targets of the official
+            # criterion: a smaller image's masks read zeros beyond their size.
+            labels = table.sample(grid, rows, (table.height - 3, table.width - 3))
+        logits = grid_sample_points(src[:, None], grid)[:, 0]
+        return {
+            "loss_mask": sigmoid_ce_loss(logits, labels, num_masks),
+            "loss_dice": dice_loss(logits, labels, num_masks),
+        }
 
     def _uncertain_points(self, logits: torch.Tensor) -> torch.Tensor:
         """
@@ -321,29 +360,23 @@ class SetCriterion(BaseSetCriterion):
         randomness``, the same random draws in the same order): of num_points * oversample_ratio
         uniform candidates, the importance_sample_ratio * num_points least certain, then uniform
         points. The uncertain ones come unsorted (the losses average over points), which makes
-        the selection about twice as fast on CPU.
+        the selection about twice as fast on CPU. Points are drawn in [-1, 1] directly
+        (:func:`uniform_grid`, exactly detectron2's points mapped to grid_sample's range).
 
         Args:
             logits (Tensor): (N, 1, h, w) mask logits.
         Returns:
-            Tensor: (N, num_points, 2) normalised (x, y) coordinates.
+            Tensor: (N, num_points, 2) (x, y) in [-1, 1].
         """
         n = logits.shape[0]
-        candidates = torch.rand(
+        candidates = uniform_grid(
             n, int(self.num_points * self.oversample_ratio), 2, device=logits.device
         )
-        uncertainty = _uncertainty(point_sample(logits, candidates, align_corners=False))[:, 0]
+        uncertainty = _uncertainty_(grid_sample_points(logits, candidates)[:, 0])
         num_uncertain = int(self.importance_sample_ratio * self.num_points)
         chosen = uncertainty.topk(num_uncertain, dim=1, sorted=False).indices
-        coords = candidates.gather(1, chosen[..., None].expand(-1, -1, 2))
+        grid = candidates.gather(1, chosen[..., None].expand(-1, -1, 2))
         num_random = self.num_points - num_uncertain
         if num_random > 0:
-            uniform = torch.rand(n, num_random, 2, device=logits.device)
-            coords = torch.cat([coords, uniform], dim=1)
-        return coords
-
-    def pixel_mask_loss(
-        self, logits: torch.Tensor, labels: torch.Tensor, num_masks: float
-    ) -> torch.Tensor:
-        """Mean sigmoid BCE per mask; see the base class."""
-        return sigmoid_ce_loss(logits, labels, num_masks)
+            grid = torch.cat([grid, uniform_grid(n, num_random, 2, device=logits.device)], dim=1)
+        return grid

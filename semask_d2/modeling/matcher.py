@@ -5,7 +5,7 @@ costs (facebookresearch/Mask2Former ``mask2former/modeling/matcher.py``). MaskFo
 full-map focal costs are in ``mask_former_matcher.py``. Written for semask-d2.
 """
 
-from typing import Dict, List, Tuple
+from typing import Dict, List, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -13,9 +13,8 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from detectron2.config import configurable
-from detectron2.projects.point_rend.point_features import point_sample
 
-from .mask_point_sampling import sample_masks
+from .mask_point_sampling import ImageMasks, grid_sample_points, sample_masks, uniform_grid
 
 __all__ = [
     "BaseHungarianMatcher",
@@ -183,15 +182,24 @@ class HungarianMatcher(BaseHungarianMatcher):
         return {**cls.cost_weights(cfg), "num_points": cfg.MODEL.MASK_FORMER.TRAIN_NUM_POINTS}
 
     def _random_points(self, device: torch.device) -> torch.Tensor:
-        """(1, num_points, 2) uniform (x, y) in [0, 1]^2; a method so tests can fix it."""
-        return torch.rand(1, self.num_points, 2, device=device)
+        """
+        (1, num_points, 2) uniform (x, y) in [-1, 1]: detectron2's ``torch.rand`` points in
+        grid_sample's range, from the same draws; a method so tests can fix it.
+        """
+        return uniform_grid(1, self.num_points, 2, device=device)
 
     def mask_costs(
-        self, masks: torch.Tensor, tgt_masks: torch.Tensor
+        self, masks: torch.Tensor, tgt_masks: Union[torch.Tensor, ImageMasks]
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Mean sigmoid BCE and dice at the random points; see the base class."""
-        coords = self._random_points(masks.device)
+        """
+        Mean sigmoid BCE and dice at the random points; see the base class. `tgt_masks` may
+        also be the image's masks of the criterion's :class:`MaskTable`.
+        """
+        grid = self._random_points(masks.device)
         # Masks as channels of one image: every mask is sampled at the same points, no copies.
-        pred = point_sample(masks[None], coords, align_corners=False)[0]
-        tgt = sample_masks(tgt_masks, coords)
+        pred = grid_sample_points(masks[None], grid)[0]
+        if isinstance(tgt_masks, torch.Tensor):
+            tgt = sample_masks(tgt_masks, grid)
+        else:
+            tgt = tgt_masks.sample(grid)
         return batch_sigmoid_ce_cost(pred, tgt), batch_dice_cost(pred, tgt)
