@@ -13,7 +13,7 @@ from typing import List, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
+from torch.autograd.function import once_differentiable
 
 __all__ = ["ms_deform_attn", "MSDeformAttn"]
 
@@ -55,9 +55,12 @@ def ms_deform_attn(
     weights = attention_weights.permute(3, 0, 2, 4, 1)
     weights = weights.reshape(n_levels, n * n_heads, 1, n_points, n_queries)
     # In training a level's samples, (N*M, D, P, Lq), are recomputed in the backward pass
-    # instead of kept for it: they are the largest activations of the pixel decoder.
-    recompute = torch.is_grad_enabled() and any(
-        t.requires_grad for t in (value, sampling_locations, attention_weights)
+    # instead of kept for it: they are the largest activations of the pixel decoder. Traces
+    # (flop counting, export) see the plain ops.
+    train = (
+        torch.is_grad_enabled()
+        and not torch.jit.is_tracing()
+        and any(t.requires_grad for t in (value, sampling_locations, attention_weights))
     )
     output = None
     for level, (h, w) in enumerate(spatial_shapes):
@@ -65,10 +68,7 @@ def ms_deform_attn(
         # copy, when `value` is a permuted (N, M, D, S) tensor, as MSDeformAttn passes it.
         value_l = values[level].permute(0, 2, 3, 1).reshape(n * n_heads, head_dim, h, w)
         args = (value_l, grids[level], weights[level])
-        if recompute:
-            level_output = checkpoint(_sample_level, *args, use_reentrant=False)
-        else:
-            level_output = _sample_level(*args)
+        level_output = _SampleLevel.apply(*args) if train else _sample_level(*args)
         output = level_output if output is None else output + level_output
     return output.view(n, n_heads * head_dim, n_queries).transpose(1, 2)
 
@@ -82,13 +82,57 @@ def _sample_level(value: torch.Tensor, grid: torch.Tensor, weights: torch.Tensor
     Returns:
         Tensor: (N*M, D, Lq) the weighted sum of the P samples.
     """
-    sampled = F.grid_sample(value, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return _weighted_point_sum(_grid_sample(value, grid), weights)
+
+
+def _grid_sample(value: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    return F.grid_sample(value, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def _weighted_point_sum(sampled: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     # Accumulating point by point into one (N*M, D, Lq) buffer never materialises the
     # (N*M, D, P, Lq) product: about 2x faster on CPU than a multiply and a sum.
     output = torch.mul(sampled[:, :, 0], weights[:, :, 0])
     for point in range(1, sampled.shape[2]):
         output.addcmul_(sampled[:, :, point], weights[:, :, point])
     return output
+
+
+class _SampleLevel(torch.autograd.Function):
+    """
+    :func:`_sample_level` with a hand-written backward pass: the samples are recomputed from
+    the saved inputs instead of kept, and the gradients of the point sum are formed directly
+    (autograd's per-point slices would each allocate and zero a full-size gradient).
+    """
+
+    @staticmethod
+    def forward(ctx, value, grid, weights):
+        ctx.save_for_backward(value, grid, weights)
+        return _sample_level(value, grid, weights)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output):
+        value, grid, weights = ctx.saved_tensors
+        grad_weights = None
+        if ctx.needs_input_grad[2]:
+            sampled = _grid_sample(value, grid)
+            grad_weights = torch.stack(
+                [(grad_output * sampled[:, :, p]).sum(1) for p in range(sampled.shape[2])], dim=1
+            )[:, None]
+        grad_value = grad_grid = None
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+            grad_sampled = grad_output[:, :, None, :] * weights
+            grad_value, grad_grid = torch.ops.aten.grid_sampler_2d_backward(
+                grad_sampled,
+                value,
+                grid,
+                0,  # bilinear
+                0,  # zeros padding
+                False,  # align_corners
+                [ctx.needs_input_grad[0], ctx.needs_input_grad[1]],
+            )
+        return grad_value, grad_grid, grad_weights
 
 
 class MSDeformAttn(nn.Module):
