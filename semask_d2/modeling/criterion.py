@@ -20,39 +20,11 @@ from detectron2.utils import comm
 
 from .mask_point_sampling import MaskTable, grid_sample_points, uniform_grid
 from .matcher import HungarianMatcher
+from .point_mask_losses import dice_loss, point_mask_losses
 
-__all__ = ["BaseSetCriterion", "SetCriterion", "dice_loss", "sigmoid_ce_loss"]
+__all__ = ["BaseSetCriterion", "SetCriterion"]
 
 Indices = List[Tuple[torch.Tensor, torch.Tensor]]
-
-
-def sigmoid_ce_loss(logits: torch.Tensor, targets: torch.Tensor, num_masks: float) -> torch.Tensor:
-    """
-    Args:
-        logits (Tensor): (N, P) mask logits at P points.
-        targets (Tensor): (N, P) binary targets at the same points.
-        num_masks (float): normaliser.
-    Returns:
-        Tensor: scalar, sum over masks of the mean BCE over points, divided by `num_masks`.
-    """
-    loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-    return loss.mean(1).sum() / num_masks
-
-
-def dice_loss(logits: torch.Tensor, targets: torch.Tensor, num_masks: float) -> torch.Tensor:
-    """
-    Args:
-        logits (Tensor): (N, P) mask logits at P points.
-        targets (Tensor): (N, P) binary targets at the same points.
-        num_masks (float): normaliser.
-    Returns:
-        Tensor: scalar, sum over masks of 1 - (2 * sum(s * t) + 1) / (sum(s) + sum(t) + 1),
-        s = sigmoid(logits), divided by `num_masks`.
-    """
-    probs = logits.sigmoid()
-    numerator = 2 * (probs * targets).sum(-1)
-    denominator = probs.sum(-1) + targets.sum(-1)
-    return (1 - (numerator + 1) / (denominator + 1)).sum() / num_masks
 
 
 def _uncertainty_(logits: torch.Tensor) -> torch.Tensor:
@@ -348,11 +320,8 @@ class SetCriterion(BaseSetCriterion):
             # Normalised to the largest target size, as the padded targets of the official
             # criterion: a smaller image's masks read zeros beyond their size.
             labels = table.sample(grid, rows, (table.height - 3, table.width - 3))
-        logits = grid_sample_points(src[:, None], grid)[:, 0]
-        return {
-            "loss_mask": sigmoid_ce_loss(logits, labels, num_masks),
-            "loss_dice": dice_loss(logits, labels, num_masks),
-        }
+        loss_mask, loss_dice = point_mask_losses(src, grid, labels, num_masks)
+        return {"loss_mask": loss_mask, "loss_dice": loss_dice}
 
     def _uncertain_points(self, logits: torch.Tensor) -> torch.Tensor:
         """
