@@ -115,6 +115,8 @@ class TestMSDeformAttnModule(unittest.TestCase):
             self.assertLessEqual(proj.weight.abs().max().item(), bound)
 
     def test_forward_is_projected_op(self):
+        # Both paths of the module: grid_sample (gradients, GPUs, traces) and the CPU gather of
+        # inference; offsets of several pixels put many samples partly or wholly outside.
         torch.manual_seed(0)
         attn = MSDeformAttn(d_model=8, n_levels=3, n_heads=2, n_points=2).double()
         torch.nn.init.normal_(attn.sampling_offsets.weight)
@@ -122,16 +124,26 @@ class TestMSDeformAttnModule(unittest.TestCase):
         num_values = sum(h * w for h, w in SHAPES)
         query = torch.randn(2, 4, 8, dtype=torch.float64)
         value = torch.randn(2, num_values, 8, dtype=torch.float64)
-        ref = torch.rand(2, 4, 3, 2, dtype=torch.float64)
-        out = attn(query, ref, value, SHAPES)
-
-        offsets = attn.sampling_offsets(query).view(2, 4, 2, 3, 2, 2)
-        sizes = torch.tensor([[w, h] for h, w in SHAPES], dtype=torch.float64)
-        locations = ref[:, :, None, :, None, :] + offsets / sizes[None, None, None, :, None, :]
-        weights = attn.attention_weights(query).view(2, 4, 2, 6).softmax(-1).view(2, 4, 2, 3, 2)
-        projected = attn.value_proj(value).view(2, num_values, 2, 4)
-        expected = attn.output_proj(loop_ms_deform_attn(projected, SHAPES, locations, weights))
-        torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+        for ref in (
+            torch.rand(2, 4, 3, 2, dtype=torch.float64),
+            torch.rand(1, 4, 1, 2, dtype=torch.float64),  # shared by images and levels
+        ):
+            with torch.no_grad():
+                offsets = attn.sampling_offsets(query).view(2, 4, 2, 3, 2, 2)
+                sizes = torch.tensor([[w, h] for h, w in SHAPES], dtype=torch.float64)
+                locations = ref[:, :, None, :, None, :] + offsets / sizes[:, None, :]
+                weights = attn.attention_weights(query).view(2, 4, 2, 6).softmax(-1)
+                weights = weights.view(2, 4, 2, 3, 2)
+                projected = attn.value_proj(value).view(2, num_values, 2, 4)
+                expected = loop_ms_deform_attn(projected, SHAPES, locations, weights)
+                expected = attn.output_proj(expected)
+            self.assertTrue(((locations < 0) | (locations > 1)).any())
+            for gather in (False, True):
+                with self.subTest(gather=gather, shared=ref.shape[0] == 1):
+                    with torch.set_grad_enabled(not gather):
+                        self.assertEqual(attn._gathers(query, value), gather)
+                        out = attn(query, ref, value, SHAPES)
+                    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
 
     def test_rejects_indivisible_heads(self):
         with self.assertRaises(ValueError):

