@@ -76,27 +76,33 @@ def ms_deform_attn_gather(
     fx, fy = x.sub_(x0), y.sub_(y0)
     # Row of the top-left neighbour: level start + (y0 + 1) * width + (x0 + 1), per head.
     first = torch.addcmul(x0, y0, per_level(widths))
-    first = first.add_(per_level([s + w + 1 for s, w in zip(starts, widths)])).long()
+    first = first.add_(per_level([s + w + 1 for s, w in zip(starts, widths)]))
+    # int32 rows (half the index traffic of int64); the table must stay below 2**31 rows.
     rows_per_image = start * m
-    heads = torch.arange(m, device=device).repeat_interleave(n_points)
-    images = torch.arange(n, device=device).view(n, 1, 1, 1) * rows_per_image
-    first = first.mul_(m).add_(heads).add_(images).view(n, n_queries, n_levels, m, 1, n_points)
-    steps = torch.tensor([[0, 1, w, w + 1] for w in widths], device=device) * m
-    index = first + steps.view(1, 1, n_levels, 1, 4, 1)
+    if n * rows_per_image >= 2**31:
+        raise ValueError(f"{n} images of {rows_per_image} value rows exceed int32 row indices")
+    heads = torch.arange(m, device=device, dtype=torch.int32).repeat_interleave(n_points)
+    images = torch.arange(n, device=device, dtype=torch.int32).view(n, 1, 1, 1) * rows_per_image
+    first = first.int().mul_(m).add_(heads).add_(images)
+    first = first.view(n, n_queries, n_levels, m, n_points)
+    # Corner c of each sample at `first` + steps[level, c]; one add per corner, written into
+    # the bag layout (N, Lq, L, M, 4, P): one bag of 4 * P weighted rows per query, level and
+    # head (levels are summed after: faster than transposing them into the bags).
+    steps = torch.tensor([[0, 1, w, w + 1] for w in widths], device=device, dtype=torch.int32)
+    steps = steps.mul_(m).view(n_levels, 1, 4, 1)
+    bags = (n, n_queries, n_levels, m, 4, n_points)
+    index = torch.empty(bags, device=device, dtype=torch.int32)
+    for corner in range(4):
+        torch.add(first, steps[:, :, corner], out=index[:, :, :, :, corner])
     # Bilinear weights times the attention weight, corners in the order of `steps`.
     fx = fx.view(n, n_queries, n_levels, m, n_points)
     fy = fy.view(n, n_queries, n_levels, m, n_points)
     ex, top, bottom = 1 - fx, (1 - fy).mul_(weights), fy.mul_(weights)
-    corner_weights = torch.empty(index.shape, device=device, dtype=dtype)
-    torch.mul(top, ex, out=corner_weights[:, :, :, :, 0])
-    torch.mul(top, fx, out=corner_weights[:, :, :, :, 1])
-    torch.mul(bottom, ex, out=corner_weights[:, :, :, :, 2])
-    torch.mul(bottom, fx, out=corner_weights[:, :, :, :, 3])
+    corner_weights = torch.empty(bags, device=device, dtype=dtype)
+    for corner, (a, b) in enumerate(((top, ex), (top, fx), (bottom, ex), (bottom, fx))):
+        torch.mul(a, b, out=corner_weights[:, :, :, :, corner])
     bag = 4 * n_points
     sampled = F.embedding_bag(
-        index.view(-1, bag),
-        table,
-        per_sample_weights=corner_weights.view(-1, bag),
-        mode="sum",
+        index.view(-1, bag), table, per_sample_weights=corner_weights.view(-1, bag), mode="sum"
     )
     return sampled.view(n, n_queries, n_levels, m * d).sum(2)
