@@ -51,16 +51,20 @@ def dice_loss(logits: torch.Tensor, targets: torch.Tensor, num_masks: float) -> 
 
 
 def _to_maps(grad_points: torch.Tensor, maps: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-    """The gradient w.r.t. (N, 1, h, w) `maps` of point values with gradient `grad_points`."""
+    """
+    The gradients w.r.t. (N, 1, h, w) `maps` of point values with gradients `grad_points`
+    (N, G, P): G gradients carried back in one pass over the points, as (N, G, h, w).
+    """
+    channels = grad_points.shape[1]
     return torch.ops.aten.grid_sampler_2d_backward(
-        grad_points[:, None, :, None],
-        maps,
+        grad_points[..., None],
+        maps.expand(-1, channels, -1, -1),  # only its shape is read
         grid[:, :, None, :],
         0,  # bilinear
         0,  # zeros padding
         False,  # align_corners
         [True, False],
-    )[0][:, 0]
+    )[0]
 
 
 class _PointMaskLosses(torch.autograd.Function):
@@ -81,15 +85,16 @@ class _PointMaskLosses(torch.autograd.Function):
         u, v = (numerator + 1)[:, None], (denominator + 1)[:, None]
         grad_dice = (u - 2 * labels * v).div_(v * v * num_masks)
         grad_dice.mul_(probs).mul_(1 - probs)
-        ctx.save_for_backward(_to_maps(grad_mask, maps, grid), _to_maps(grad_dice, maps, grid))
+        grad_maps = _to_maps(torch.stack([grad_mask, grad_dice], dim=1), maps, grid)
+        ctx.save_for_backward(grad_maps)
         ctx.dtype = masks.dtype
         return loss_mask, loss_dice
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_loss_mask, grad_loss_dice):
-        grad_mask, grad_dice = ctx.saved_tensors
-        grad = grad_mask * grad_loss_mask + grad_dice * grad_loss_dice
+        (grad_maps,) = ctx.saved_tensors
+        grad = grad_maps[:, 0] * grad_loss_mask + grad_maps[:, 1] * grad_loss_dice
         return grad.to(ctx.dtype), None, None, None
 
 
