@@ -35,10 +35,11 @@ def batch_sigmoid_ce_cost(logits: torch.Tensor, targets: torch.Tensor) -> torch.
     Returns:
         Tensor: (N, M) costs.
     """
-    # BCE(x, t) = t * softplus(-x) + (1 - t) * softplus(x): two matrix products give all pairs.
-    pos = F.softplus(-logits)
-    neg = F.softplus(logits)
-    return (pos @ targets.T + neg @ (1 - targets).T) / logits.shape[1]
+    # BCE(x, t) = t * softplus(-x) + (1 - t) * softplus(x), and softplus(x) = softplus(-x) + x:
+    # summed over points, sum(softplus(-x)) + sum(x) - x . t, so one matrix product gives all
+    # pairs.
+    rows = F.softplus(-logits).sum(-1) + logits.sum(-1)
+    return (rows[:, None] - logits @ targets.T) / logits.shape[1]
 
 
 def batch_dice_cost(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
