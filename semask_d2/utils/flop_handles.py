@@ -112,6 +112,7 @@ UNCOUNTED_ELEMENTWISE_OPS = frozenset(
         "aten::feature_dropout",
         "aten::fill_",
         "aten::gelu",
+        "aten::gelu_",
         "aten::index_fill_",
         "aten::index_select",
         "aten::lt",

@@ -134,15 +134,26 @@ def window_order(h, w, window_size: int, shift: int, device: torch.device) -> Wi
     return _window_order_cached(h, w, window_size, shift, device)
 
 
-def split_windows(x: torch.Tensor, order: WindowOrder, window_size: int) -> torch.Tensor:
+def split_windows(
+    x: torch.Tensor,
+    order: WindowOrder,
+    window_size: int,
+    pad_token: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
     """
     Args:
         x (Tensor): (B, h * w, C) tokens of the grid `order` describes.
+        pad_token (Tensor or None): (C,) value of the padding positions; zeros when None.
     Returns:
-        Tensor: (B * num_windows, window_size * window_size, C), zeros at the padding.
+        Tensor: (B * num_windows, window_size * window_size, C).
     """
-    # One zero token at index h * w, read at every padding position: no branch on the padding.
-    windows = F.pad(x, (0, 0, 0, 1)).index_select(1, order.gather)
+    # One padding token at index h * w, read at every padding position: no branch on the
+    # padding.
+    if pad_token is None:
+        x = F.pad(x, (0, 0, 0, 1))
+    else:
+        x = torch.cat([x, pad_token.to(x.dtype).expand(x.shape[0], 1, -1)], dim=1)
+    windows = x.index_select(1, order.gather)
     return windows.view(-1, window_size * window_size, x.shape[-1])
 
 
@@ -232,8 +243,20 @@ class WindowAttention(nn.Module):
             x (Tensor): (B * num_windows, N, C) window tokens.
             mask (Tensor or None): (num_windows, N, N) additive mask of shifted windows.
         """
-        bw, n, c = x.shape
-        qkv = self.qkv(x).reshape(bw, n, 3, self.num_heads, c // self.num_heads)
+        return self.proj_drop(self.proj(self.attend(self.qkv(x), mask)))
+
+    def attend(self, qkv: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """
+        The attention between `qkv` and `proj`.
+
+        Args:
+            qkv (Tensor): (B * num_windows, N, 3 * C) window tokens through `qkv`.
+            mask (Tensor or None): as in :meth:`forward`.
+        Returns:
+            Tensor: (B * num_windows, N, C), heads concatenated.
+        """
+        bw, n, c = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
+        qkv = qkv.reshape(bw, n, 3, self.num_heads, c // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
         bias = bias.view(n, n, -1).permute(2, 0, 1).unsqueeze(0)
@@ -249,7 +272,7 @@ class WindowAttention(nn.Module):
             dropout_p=self.attn_drop if self.training else 0.0,
             scale=self.scale,
         )
-        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(bw, n, c)))
+        return x.transpose(1, 2).reshape(bw, n, c)
 
 
 class Mlp(nn.Module):
@@ -263,7 +286,13 @@ class Mlp(nn.Module):
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+        hidden = self.fc1(x)
+        if torch.is_grad_enabled() and hidden.requires_grad:
+            hidden = self.act(hidden)
+        else:
+            # In place without autograd: one (tokens, 4C) buffer fewer.
+            hidden = torch.ops.aten.gelu_(hidden)
+        return self.drop(self.fc2(self.drop(hidden)))
 
 
 class SwinBlock(nn.Module):
@@ -306,10 +335,13 @@ class SwinBlock(nn.Module):
             shift_mask (Tensor or None): mask from :func:`build_shift_mask` for this grid;
                 required when the block is shifted.
         """
-        ws, shift = self.window_size, self.shift_size
+        ws, shift, attn = self.window_size, self.shift_size, self.attn
         order = window_order(h, w, ws, shift, x.device)
-        y = self.attn(split_windows(self.norm1(x), order, ws), mask=shift_mask if shift else None)
-        x = x + self.drop_path(merge_windows(y, order, x.shape[0]))
+        # The projections run on the h * w tokens only: a padding token is zero after norm1,
+        # so its qkv is the bias, and its output is dropped before proj.
+        qkv = split_windows(attn.qkv(self.norm1(x)), order, ws, pad_token=attn.qkv.bias)
+        y = merge_windows(attn.attend(qkv, mask=shift_mask if shift else None), order, x.shape[0])
+        x = x + self.drop_path(attn.proj_drop(attn.proj(y)))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
