@@ -4,6 +4,7 @@ import contextlib
 import importlib.util
 import io
 import json
+import multiprocessing
 import os
 import tempfile
 import unittest
@@ -26,11 +27,32 @@ TINY_OPTS = tiny_opts("SeMaskMaskFormer") + [
 ]  # fmt: skip
 
 
+def _report_peak(queue):
+    # In a spawned process: its own peak RSS, from the helper the benchmarks use.
+    queue.put(load_script("tools/benchmark.py").peak_rss_mb())
+
+
 def has_transformers():
     return importlib.util.find_spec("transformers") is not None
 
 
 class TestBenchmark(unittest.TestCase):
+    def test_peak_rss_is_the_spawned_process_own(self):
+        # The parent holds an extra 1 GiB; a spawned child's peak must not include it (Linux
+        # keeps ru_maxrss across fork + exec, VmHWM starts afresh).
+        benchmark = load_script("tools/benchmark.py")
+        ballast = torch.ones(2**28)  # 1 GiB, touched
+        parent = benchmark.current_rss_mb()
+        ctx = multiprocessing.get_context("spawn")
+        queue = ctx.Queue()
+        child = ctx.Process(target=_report_peak, args=(queue,))
+        child.start()
+        peak = queue.get()
+        child.join()
+        del ballast
+        self.assertGreater(peak, 0)
+        self.assertLess(peak, parent - 512)
+
     def test_main_on_a_tiny_model(self):
         benchmark = load_script("tools/benchmark.py")
         with tempfile.TemporaryDirectory() as tmp:

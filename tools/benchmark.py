@@ -66,6 +66,18 @@ def current_rss_mb() -> float:
 
 
 def peak_rss_mb() -> float:
+    """
+    Peak RSS of this process's own memory. On Linux VmHWM: ru_maxrss of a spawned process
+    starts at its parent's RSS at fork time (the kernel keeps the high-water mark across exec),
+    which would hide any peak below the parent's size.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
