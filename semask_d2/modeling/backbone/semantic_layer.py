@@ -9,7 +9,6 @@ for semask-d2; parameter names follow the official checkpoints (``semantic_layer
 from typing import Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .swin_blocks import merge_windows, split_windows, window_order
@@ -64,12 +63,12 @@ class SemanticAttention(nn.Module):
             (Tensor, Tensor): the prior logits Q (B', N, K) and the output tokens (B', N, C).
         """
         q = self.mlp_cls_q(x)
-        # scale=1.0: the official attention is unscaled. One explicit head axis: the ONNX
-        # exporter translates 4-D attention only.
-        f = F.scaled_dot_product_attention(
-            q[:, None], self.mlp_cls_k(x)[:, None], self.mlp_v(x)[:, None], scale=1.0
-        )
-        return q, self.gamma * self.proj_drop(self.mlp_res(f[:, 0])) + x
+        # Unscaled, as official. Written out: the K-wide queries and C-wide values send
+        # scaled_dot_product_attention to its generic path, which multiplies q and k by the
+        # square root of the scale (here 1) and scans the weights for empty rows first.
+        weights = torch.bmm(q, self.mlp_cls_k(x).transpose(1, 2)).softmax(-1)
+        f = torch.bmm(weights, self.mlp_v(x))
+        return q, self.gamma * self.proj_drop(self.mlp_res(f)) + x
 
 
 class SemanticLayer(nn.Module):
