@@ -28,12 +28,15 @@ _BEFORE, _AFTER = 1, 2
 def _value_table(value: torch.Tensor, spatial_shapes: List[Tuple[int, int]]) -> torch.Tensor:
     """(N, S, M, D) values -> (N * Sp * M, D) rows of the bordered levels, Sp padded pixels."""
     n, _, m, d = value.shape
+    sizes = [(h + _BEFORE + _AFTER, w + _BEFORE + _AFTER) for h, w in spatial_shapes]
+    table = value.new_zeros(n, sum(hp * wp for hp, wp in sizes), m * d)
     levels = value.split([h * w for h, w in spatial_shapes], dim=1)
-    padded = [
-        F.pad(level.reshape(n, h, w, m * d), (0, 0, _BEFORE, _AFTER, _BEFORE, _AFTER))
-        for level, (h, w) in zip(levels, spatial_shapes)
-    ]
-    return torch.cat([p.reshape(n, -1, m * d) for p in padded], dim=1).view(-1, d)
+    start = 0
+    for level, (h, w), (hp, wp) in zip(levels, spatial_shapes, sizes):
+        bordered = table[:, start : start + hp * wp].view(n, hp, wp, m * d)
+        bordered[:, _BEFORE : _BEFORE + h, _BEFORE : _BEFORE + w] = level.view(n, h, w, m * d)
+        start += hp * wp
+    return table.view(-1, d)
 
 
 def ms_deform_attn_gather(
