@@ -319,7 +319,7 @@ class SetCriterion(BaseSetCriterion):
             grid = self._uncertain_points(src[:, None])
             # Normalised to the largest target size, as the padded targets of the official
             # criterion: a smaller image's masks read zeros beyond their size.
-            labels = table.sample(grid, rows, (table.height - 3, table.width - 3))
+            labels = table.sample(grid, rows, table.size)
         loss_mask, loss_dice = point_mask_losses(src, grid, labels, num_masks)
         return {"loss_mask": loss_mask, "loss_dice": loss_dice}
 

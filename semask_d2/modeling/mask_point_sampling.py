@@ -40,9 +40,13 @@ class MaskTable:
         self.starts: List[int] = [0]
         for m in masks:
             self.starts.append(self.starts[-1] + m.shape[0])
+        # The largest image: every mask is zero-padded to it.
+        self.size = (
+            max((h for h, _ in self.sizes), default=0),
+            max((w for _, w in self.sizes), default=0),
+        )
         border = _BORDER_BEFORE + _BORDER_AFTER
-        self.height = max((h for h, _ in self.sizes), default=0) + border
-        self.width = max((w for _, w in self.sizes), default=0) + border
+        self.height, self.width = self.size[0] + border, self.size[1] + border
         device = masks[0].device if len(masks) else None
         pixels = torch.zeros(
             self.starts[-1], self.height, self.width, dtype=torch.uint8, device=device
