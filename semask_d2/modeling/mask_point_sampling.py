@@ -14,7 +14,8 @@ Points are given in ``grid_sample``'s convention, normalised (x, y) in [-1, 1] (
 from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
+
+from .bilinear_sampling import bilinear_sample
 
 __all__ = ["ImageMasks", "MaskTable", "grid_sample_points", "sample_masks", "uniform_grid"]
 
@@ -153,4 +154,4 @@ def grid_sample_points(maps: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     Returns:
         Tensor: (N, C, P).
     """
-    return F.grid_sample(maps, grid[:, :, None, :], align_corners=False)[..., 0]
+    return bilinear_sample(maps, grid[:, :, None, :])[..., 0]

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from .bilinear_sampling import bilinear_sample_backward
 from .mask_point_sampling import grid_sample_points
 
 __all__ = ["dice_loss", "point_mask_losses", "sigmoid_ce_loss"]
@@ -44,10 +45,18 @@ def dice_loss(logits: torch.Tensor, targets: torch.Tensor, num_masks: float) -> 
         Tensor: scalar, sum over masks of 1 - (2 * sum(s * t) + 1) / (sum(s) + sum(t) + 1),
         s = sigmoid(logits), divided by `num_masks`.
     """
-    probs = logits.sigmoid()
+    return _dice(logits.sigmoid(), targets, num_masks)[0]
+
+
+def _dice(
+    probs: torch.Tensor, targets: torch.Tensor, num_masks: float
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The dice loss of :func:`dice_loss` from probabilities, with its per-mask numerator and
+    denominator (2 sum(s t) and sum(s) + sum(t))."""
     numerator = 2 * (probs * targets).sum(-1)
     denominator = probs.sum(-1) + targets.sum(-1)
-    return (1 - (numerator + 1) / (denominator + 1)).sum() / num_masks
+    loss = (1 - (numerator + 1) / (denominator + 1)).sum() / num_masks
+    return loss, numerator, denominator
 
 
 def _to_maps(grad_points: torch.Tensor, maps: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
@@ -56,15 +65,13 @@ def _to_maps(grad_points: torch.Tensor, maps: torch.Tensor, grid: torch.Tensor) 
     (N, G, P): G gradients carried back in one pass over the points, as (N, G, h, w).
     """
     channels = grad_points.shape[1]
-    return torch.ops.aten.grid_sampler_2d_backward(
+    grad_maps, _ = bilinear_sample_backward(
         grad_points[..., None],
-        maps.expand(-1, channels, -1, -1),  # only its shape is read
+        maps.expand(-1, channels, -1, -1),
         grid[:, :, None, :],
-        0,  # bilinear
-        0,  # zeros padding
-        False,  # align_corners
         [True, False],
-    )[0]
+    )
+    return grad_maps
 
 
 class _PointMaskLosses(torch.autograd.Function):
@@ -76,9 +83,7 @@ class _PointMaskLosses(torch.autograd.Function):
         logits = grid_sample_points(maps, grid)[:, 0]
         loss_mask = sigmoid_ce_loss(logits, labels, num_masks)
         probs = logits.sigmoid()
-        numerator = 2 * (probs * labels).sum(-1)
-        denominator = probs.sum(-1) + labels.sum(-1)
-        loss_dice = (1 - (numerator + 1) / (denominator + 1)).sum() / num_masks
+        loss_dice, numerator, denominator = _dice(probs, labels, num_masks)
         # d mean-BCE / d logit = (s - t) / P; d dice / d s_j = ((2a + 1) - 2 t_j (b + 1)) /
         # (b + 1)^2 with a = sum(s t), b = sum(s) + sum(t), and d s / d logit = s (1 - s).
         grad_mask = (probs - labels).div_(logits.shape[1] * num_masks)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from ..bilinear_sampling import bilinear_sample, bilinear_sample_backward
 from .ms_deform_attn_gather import ms_deform_attn_gather
 
 __all__ = ["ms_deform_attn", "MSDeformAttn"]
@@ -88,11 +89,7 @@ def _sample_level(value: torch.Tensor, grid: torch.Tensor, weights: torch.Tensor
     Returns:
         Tensor: (N*M, D, Lq) the weighted sum of the P samples.
     """
-    return _weighted_point_sum(_grid_sample(value, grid), weights)
-
-
-def _grid_sample(value: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-    return F.grid_sample(value, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return _weighted_point_sum(bilinear_sample(value, grid), weights)
 
 
 def _weighted_point_sum(sampled: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -122,21 +119,15 @@ class _SampleLevel(torch.autograd.Function):
         value, grid, weights = ctx.saved_tensors
         grad_weights = None
         if ctx.needs_input_grad[2]:
-            sampled = _grid_sample(value, grid)
+            sampled = bilinear_sample(value, grid)
             grad_weights = torch.stack(
                 [(grad_output * sampled[:, :, p]).sum(1) for p in range(sampled.shape[2])], dim=1
             )[:, None]
         grad_value = grad_grid = None
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
             grad_sampled = grad_output[:, :, None, :] * weights
-            grad_value, grad_grid = torch.ops.aten.grid_sampler_2d_backward(
-                grad_sampled,
-                value,
-                grid,
-                0,  # bilinear
-                0,  # zeros padding
-                False,  # align_corners
-                [ctx.needs_input_grad[0], ctx.needs_input_grad[1]],
+            grad_value, grad_grid = bilinear_sample_backward(
+                grad_sampled, value, grid, [ctx.needs_input_grad[0], ctx.needs_input_grad[1]]
             )
         return grad_value, grad_grid, grad_weights
 

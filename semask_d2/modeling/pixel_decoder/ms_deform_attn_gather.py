@@ -25,17 +25,29 @@ __all__ = ["ms_deform_attn_gather"]
 _BEFORE, _AFTER = 1, 2
 
 
-def _value_table(value: torch.Tensor, spatial_shapes: List[Tuple[int, int]]) -> torch.Tensor:
-    """(N, S, M, D) values -> (N * Sp * M, D) rows of the bordered levels, Sp padded pixels."""
+def _bordered_layout(spatial_shapes: List[Tuple[int, int]]) -> List[Tuple[int, int, int]]:
+    """(start row, bordered height, bordered width) of each level in the value table."""
+    layout, start = [], 0
+    for h, w in spatial_shapes:
+        hp, wp = h + _BEFORE + _AFTER, w + _BEFORE + _AFTER
+        layout.append((start, hp, wp))
+        start += hp * wp
+    return layout
+
+
+def _value_table(
+    value: torch.Tensor,
+    spatial_shapes: List[Tuple[int, int]],
+    layout: List[Tuple[int, int, int]],
+) -> torch.Tensor:
+    """(N, S, M, D) values -> (N * Sp * M, D) rows of the bordered levels of `layout`."""
     n, _, m, d = value.shape
-    sizes = [(h + _BEFORE + _AFTER, w + _BEFORE + _AFTER) for h, w in spatial_shapes]
-    table = value.new_zeros(n, sum(hp * wp for hp, wp in sizes), m * d)
+    start, hp, wp = layout[-1]
+    table = value.new_zeros(n, start + hp * wp, m * d)
     levels = value.split([h * w for h, w in spatial_shapes], dim=1)
-    start = 0
-    for level, (h, w), (hp, wp) in zip(levels, spatial_shapes, sizes):
+    for level, (h, w), (start, hp, wp) in zip(levels, spatial_shapes, layout):
         bordered = table[:, start : start + hp * wp].view(n, hp, wp, m * d)
         bordered[:, _BEFORE : _BEFORE + h, _BEFORE : _BEFORE + w] = level.view(n, h, w, m * d)
-        start += hp * wp
     return table.view(-1, d)
 
 
@@ -58,13 +70,10 @@ def ms_deform_attn_gather(
     """
     n, n_queries, m, d = value.shape[0], pixels.shape[1], value.shape[2], value.shape[3]
     n_levels, n_points = weights.shape[2], weights.shape[4]
-    table = _value_table(value, spatial_shapes)
+    layout = _bordered_layout(spatial_shapes)
+    table = _value_table(value, spatial_shapes, layout)
     device, dtype = pixels.device, pixels.dtype
-    widths = [w + _BEFORE + _AFTER for _, w in spatial_shapes]
-    starts, start = [], 0
-    for (h, w), width in zip(spatial_shapes, widths):
-        starts.append(start)
-        start += (h + _BEFORE + _AFTER) * width
+    widths = [wp for _, _, wp in layout]
 
     def per_level(values: List[int]) -> torch.Tensor:
         # (L, 1): one value per level, broadcast over the M * P samples of the level.
@@ -79,9 +88,9 @@ def ms_deform_attn_gather(
     fx, fy = x.sub_(x0), y.sub_(y0)
     # Row of the top-left neighbour: level start + (y0 + 1) * width + (x0 + 1), per head.
     first = torch.addcmul(x0, y0, per_level(widths))
-    first = first.add_(per_level([s + w + 1 for s, w in zip(starts, widths)]))
+    first = first.add_(per_level([start + wp + 1 for start, _, wp in layout]))
     # int32 rows (half the index traffic of int64); the table must stay below 2**31 rows.
-    rows_per_image = start * m
+    rows_per_image = table.shape[0] // n
     if n * rows_per_image >= 2**31:
         raise ValueError(f"{n} images of {rows_per_image} value rows exceed int32 row indices")
     heads = torch.arange(m, device=device, dtype=torch.int32).repeat_interleave(n_points)
