@@ -81,8 +81,9 @@ class TestSeMaskSwinShapes(unittest.TestCase):
             self.assertTrue(torch.equal(first[k], again[k]), k)
 
     def test_same_output_with_and_without_autograd(self):
-        # Without autograd the MLP activation runs in place; padded windows read the qkv bias
-        # at their padding tokens either way (45x71 pads every stage).
+        # Without autograd the MLP activation runs in place and the products run on oneDNN
+        # (float rounding apart); padded windows read the qkv bias at their padding tokens
+        # either way (45x71 pads every stage).
         torch.manual_seed(0)
         model = tiny_backbone().eval()
         x = torch.randn(1, 3, 45, 71)
@@ -90,7 +91,7 @@ class TestSeMaskSwinShapes(unittest.TestCase):
             plain = model(x)
         tracked = model(x.requires_grad_())
         for k in plain:
-            torch.testing.assert_close(tracked[k], plain[k], rtol=0, atol=1e-6)
+            torch.testing.assert_close(tracked[k], plain[k], rtol=0, atol=1e-5)
         sum(v.sum() for v in tracked.values()).backward()
         qkv_bias = model.layers[3].blocks[0].attn.qkv.bias
         self.assertGreater(qkv_bias.grad.abs().sum().item(), 0)

@@ -11,6 +11,7 @@ from typing import Tuple
 import torch
 from torch import nn
 
+from ..linear import Linear
 from .swin_blocks import merge_windows, split_windows, window_order
 
 __all__ = ["SemanticAttention", "SemanticLayer", "SEM_INIT_MODES"]
@@ -32,10 +33,10 @@ class SemanticAttention(nn.Module):
 
     def __init__(self, dim: int, num_classes: int, dropout: float = 0.1, init: str = "mmseg"):
         super().__init__()
-        self.mlp_cls_q = nn.Linear(dim, num_classes)
-        self.mlp_cls_k = nn.Linear(dim, num_classes)
-        self.mlp_v = nn.Linear(dim, dim)
-        self.mlp_res = nn.Linear(dim, dim)
+        self.mlp_cls_q = Linear(dim, num_classes)
+        self.mlp_cls_k = Linear(dim, num_classes)
+        self.mlp_v = Linear(dim, dim)
+        self.mlp_res = Linear(dim, dim)
         self.proj_drop = nn.Dropout(dropout)
         self.gamma = nn.Parameter(torch.zeros(1))
         self._init_weights(init)

@@ -8,9 +8,9 @@ parameter names equal the reference so official checkpoints load.
 from typing import List, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from ..linear import Linear, linear
 from .ms_deform_attn import MSDeformAttn
 
 __all__ = ["DeformableEncoderLayer", "DeformableEncoder", "MultiScaleDeformableTransformer"]
@@ -45,7 +45,7 @@ class DeformableEncoderLayer(nn.Module):
         self.norm1 = nn.LayerNorm(d_model)
         self.linear1 = nn.Linear(d_model, dim_feedforward)
         self.dropout2 = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.linear2 = Linear(dim_feedforward, d_model)
         self.dropout3 = nn.Dropout(dropout)
         self.norm2 = nn.LayerNorm(d_model)
         # The reference applies xavier_uniform to every matrix of the transformer; biases keep
@@ -72,8 +72,8 @@ class DeformableEncoderLayer(nn.Module):
         """
         attn = self.self_attn(src + pos, reference_points, src, spatial_shapes)
         src = self.norm1(src + self.dropout1(attn))
-        # In place: saves allocating (and first touching) another (N, S, 1024) buffer.
-        ffn = self.linear2(self.dropout2(F.relu(self.linear1(src), inplace=True)))
+        hidden = linear(src, self.linear1.weight, self.linear1.bias, relu=True)
+        ffn = self.linear2(self.dropout2(hidden))
         return self.norm2(src + self.dropout3(ffn))
 
 

@@ -11,11 +11,12 @@ import math
 from typing import List, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
 from ..bilinear_sampling import bilinear_sample, bilinear_sample_backward
+from ..linear import Linear, linear
+from ..tracing import capturing_graph
 from .ms_deform_attn_gather import ms_deform_attn_gather
 
 __all__ = ["ms_deform_attn", "MSDeformAttn"]
@@ -62,7 +63,7 @@ def ms_deform_attn(
     # (flop counting, export) see the plain ops.
     train = (
         torch.is_grad_enabled()
-        and not _tracing()
+        and not capturing_graph()
         and any(t.requires_grad for t in (value, sampling_locations, attention_weights))
     )
     output = None
@@ -74,10 +75,6 @@ def ms_deform_attn(
         level_output = _SampleLevel.apply(*args) if train else _sample_level(*args)
         output = level_output if output is None else output + level_output
     return output.view(n, n_heads * head_dim, n_queries).transpose(1, 2)
-
-
-def _tracing() -> bool:
-    return torch.jit.is_tracing() or torch.compiler.is_exporting()
 
 
 def _sample_level(value: torch.Tensor, grid: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -157,8 +154,8 @@ class MSDeformAttn(nn.Module):
         self.n_points = n_points
         self.sampling_offsets = nn.Linear(d_model, n_heads * n_levels * n_points * 2)
         self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
-        self.value_proj = nn.Linear(d_model, d_model)
-        self.output_proj = nn.Linear(d_model, d_model)
+        self.value_proj = Linear(d_model, d_model)
+        self.output_proj = Linear(d_model, d_model)
         self._reset_parameters()
 
     def _reset_parameters(self) -> None:
@@ -224,7 +221,7 @@ class MSDeformAttn(nn.Module):
         needs_grad = torch.is_grad_enabled() and any(
             t.requires_grad for t in (query, value, *self.parameters())
         )
-        return query.device.type == "cpu" and not needs_grad and not _tracing()
+        return query.device.type == "cpu" and not needs_grad and not capturing_graph()
 
     def _gather(
         self,
@@ -244,7 +241,7 @@ class MSDeformAttn(nn.Module):
         offsets, attention = self.sampling_offsets, self.attention_weights
         weight = torch.cat([offsets.weight[offset_rows], attention.weight[weight_rows]])
         bias = torch.cat([offsets.bias[offset_rows], attention.bias[weight_rows]])
-        projected = F.linear(query, weight, bias)
+        projected = linear(query, weight, bias)
         offsets = projected[..., : 2 * l * m * p].view(n, n_queries, 2, l, m * p)
         logits = projected[..., 2 * l * m * p :].view(n, n_queries, l, m, p)
         # Softmax over the L * P samples of each head.
