@@ -233,21 +233,21 @@ class MSDeformAttn(nn.Module):
         """The attention before `output_proj` by :func:`ms_deform_attn_gather`; see forward."""
         n, n_queries, _ = query.shape
         m, l, p = self.n_heads, self.n_levels, self.n_points
-        # The rows of sampling_offsets reordered (m, l, p, xy) -> (xy, l, m, p) and those of
-        # attention_weights (m, l, p) -> (l, m, p): x and y of a level come as contiguous
-        # blocks of M * P, as the gather wants them. One matrix product for both.
+        # The rows of sampling_offsets reordered (m, l, p, xy) -> (xy, l, m, p): x and y of a
+        # level come as contiguous blocks of M * P, as the gather wants them. One matrix
+        # product for both layers.
         offset_rows = torch.arange(m * l * p * 2).view(m, l, p, 2).permute(3, 1, 0, 2).flatten()
-        weight_rows = torch.arange(m * l * p).view(m, l, p).permute(1, 0, 2).flatten()
         offsets, attention = self.sampling_offsets, self.attention_weights
-        weight = torch.cat([offsets.weight[offset_rows], attention.weight[weight_rows]])
-        bias = torch.cat([offsets.bias[offset_rows], attention.bias[weight_rows]])
+        weight = torch.cat([offsets.weight[offset_rows], attention.weight])
+        bias = torch.cat([offsets.bias[offset_rows], attention.bias])
         projected = linear(query, weight, bias)
         offsets = projected[..., : 2 * l * m * p].view(n, n_queries, 2, l, m * p)
-        logits = projected[..., 2 * l * m * p :].view(n, n_queries, l, m, p)
-        # Softmax over the L * P samples of each head.
-        logits = logits - logits.amax(dim=(2, 4), keepdim=True)
-        weights = logits.exp_()
-        weights = weights.div_(weights.sum(dim=(2, 4), keepdim=True))
+        # Softmax over the L * P samples of each head, written out: torch.softmax is ~6x slower
+        # on CPU over 12 elements. Passed on as an (l, m, p) view.
+        logits = projected[..., 2 * l * m * p :].view(n, n_queries, m, l * p)
+        weights = (logits - logits.amax(dim=-1, keepdim=True)).exp_()
+        weights = weights.div_(weights.sum(dim=-1, keepdim=True))
+        weights = weights.view(n, n_queries, m, l, p).transpose(2, 3)
         # Reference pixel of each level: x * W - 0.5, y * H - 0.5, as (N, Lq, 2, L, 1).
         sizes = torch.tensor([[w, h] for h, w in spatial_shapes], dtype=query.dtype)
         reference = reference_points * sizes - 0.5
