@@ -117,4 +117,6 @@ def ms_deform_attn_gather(
     sampled = F.embedding_bag(
         index.view(-1, bag), table, per_sample_weights=corner_weights.view(-1, bag), mode="sum"
     )
-    return sampled.view(n, n_queries, n_levels, m * d).sum(2)
+    # Level by level: the sums of .sum(2), which reduces over a middle dimension ~2x slower.
+    levels = sampled.view(n, n_queries, n_levels, m * d).unbind(2)
+    return sum(levels[1:], levels[0])
