@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .tracing import capturing_graph
+from .fast_path import cpu_fast_path
 
 __all__ = ["Linear", "linear", "uses_onednn"]
 
@@ -33,10 +33,9 @@ def uses_onednn(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     tensors = (x, weight) if bias is None else (x, weight, bias)
     return (
         _ONEDNN_LINEAR
-        and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
-        and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+        and cpu_fast_path(*tensors)
+        and all(t.dtype == torch.float32 for t in tensors)
         and not torch.is_autocast_enabled("cpu")
-        and not capturing_graph()
     )
 
 

@@ -16,7 +16,7 @@ from torch.autograd.function import once_differentiable
 
 from ..bilinear_sampling import bilinear_sample, bilinear_sample_backward
 from ..linear import Linear, linear
-from ..tracing import capturing_graph
+from ..fast_path import capturing_graph, cpu_fast_path
 from .ms_deform_attn_gather import ms_deform_attn_gather
 
 __all__ = ["ms_deform_attn", "MSDeformAttn"]
@@ -218,10 +218,7 @@ class MSDeformAttn(nn.Module):
         Whether :meth:`forward` takes the gather path (:func:`ms_deform_attn_gather`): on CPU,
         without gradients, and outside traces (flop counting and export see grid_sample).
         """
-        needs_grad = torch.is_grad_enabled() and any(
-            t.requires_grad for t in (query, value, *self.parameters())
-        )
-        return query.device.type == "cpu" and not needs_grad and not capturing_graph()
+        return cpu_fast_path(query, value, *self.parameters())
 
     def _gather(
         self,

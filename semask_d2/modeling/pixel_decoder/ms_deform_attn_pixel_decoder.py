@@ -18,6 +18,7 @@ from detectron2.config import configurable
 from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.utils.logger import log_first_n
 
+from ..resize import resize_bilinear_channels_last
 from .base_pixel_decoder import TopDownLevels, fpn_config
 from .build import PIXEL_DECODER_REGISTRY
 from .deformable_encoder import MultiScaleDeformableTransformer
@@ -173,15 +174,8 @@ class MSDeformAttnPixelDecoder(TopDownLevels, nn.Module):
                 x = features[self.fpn_features[idx - 1]].float()
                 x = x.contiguous(memory_format=torch.channels_last)
                 lateral = getattr(self, f"adapter_{idx}")(x)
-                # Resized channels-first, then made channels-last like `lateral`: the CPU
-                # bilinear kernel is ~5x slower on channels-last maps, and mixed layouts add
-                # slowly.
-                top_down = F.interpolate(
-                    out[-1].contiguous(),
-                    size=lateral.shape[-2:],
-                    mode="bilinear",
-                    align_corners=False,
-                ).contiguous(memory_format=torch.channels_last)
+                # Channels-last like `lateral`: mixed layouts add slowly.
+                top_down = resize_bilinear_channels_last(out[-1], lateral.shape[-2:])
                 y = self._merge_top_down(idx, lateral, top_down)
                 out.append(getattr(self, f"layer_{idx}")(y))
             return self.mask_features(out[-1]), out[0], out[:_NUM_MULTI_SCALE_FEATURES]
