@@ -19,6 +19,8 @@ from torch import nn
 
 from detectron2.layers import Conv2d
 
+from ..linear import linear
+
 __all__ = [
     "CrossAttentionLayer",
     "FFNLayer",
@@ -80,9 +82,9 @@ def _multi_head_attention(
     def split_heads(x: torch.Tensor) -> torch.Tensor:  # (B, L, C) -> (B, heads, L, C / heads)
         return x.unflatten(-1, (heads, -1)).transpose(1, 2)
 
-    q = split_heads(F.linear(query, w_q, b_q))
-    k = split_heads(F.linear(key, w_k, b_k))
-    v = split_heads(F.linear(value, w_v, b_v))
+    q = split_heads(linear(query, w_q, b_q))
+    k = split_heads(linear(key, w_k, b_k))
+    v = split_heads(linear(value, w_v, b_v))
     allowed = None
     if blocked is not None:
         blocked = blocked.unflatten(0, (query.shape[0], heads))
