@@ -4,9 +4,9 @@ Linear layers whose float32 CPU inference runs on oneDNN. Written for semask-d2.
 On CPU, ``F.linear`` hands float32 products to MKL's sgemm. The oneDNN inner product that ships
 in the same PyTorch builds (``torch.ops.mkldnn._linear_pointwise``, the op torch.compile's CPU
 backend emits for linear layers) is 10-25 % faster on the token-major products of the Swin
-blocks and the deformable encoder: 188-216 against 152-191 GFLOP/s on two AVX-512 cores, -0.09 s
-of a 1.05 s SeMask-T Mask2Former inference at 512x512. It computes the same sums in another
-order, so results agree with ``F.linear`` to float rounding.
+blocks and the deformable encoder: 188-216 against 152-191 GFLOP/s on two AVX-512 cores, 0.96
+instead of 1.02 s for a SeMask-T Mask2Former inference at 512x512. It computes the same sums in
+another order, so results agree with ``F.linear`` to float rounding.
 
 It is used only where nothing depends on ``F.linear`` itself: float32 CPU tensors, no autograd,
 no autocast, no graph capture (flop counting, export and torch.compile see ``F.linear``), and a

