@@ -19,7 +19,7 @@ from torch import nn
 
 from detectron2.layers import Conv2d
 
-from ..linear import linear
+from ..linear import Linear, linear
 
 __all__ = [
     "CrossAttentionLayer",
@@ -187,7 +187,7 @@ class FFNLayer(nn.Module):
         """
         super().__init__()
         self.linear1 = nn.Linear(d_model, dim_feedforward)
-        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.linear2 = Linear(dim_feedforward, d_model)
         self.norm = nn.LayerNorm(d_model)
         self.normalize_before = normalize_before
         xavier_init(self)
@@ -200,7 +200,8 @@ class FFNLayer(nn.Module):
             Tensor: (B, Q, C) updated queries.
         """
         x = self.norm(tgt) if self.normalize_before else tgt
-        out = tgt + self.linear2(F.relu(self.linear1(x)))
+        hidden = linear(x, self.linear1.weight, self.linear1.bias, relu=True)
+        out = tgt + self.linear2(hidden)
         return out if self.normalize_before else self.norm(out)
 
 
