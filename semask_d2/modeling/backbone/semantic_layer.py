@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..linear import Linear
-from .swin_blocks import append_padding_token, merge_windows, split_windows, window_order
+from .swin_blocks import merge_windows, split_windows, window_order
 
 __all__ = ["SemanticAttention", "SemanticLayer", "SEM_INIT_MODES"]
 
@@ -112,7 +112,7 @@ class SemanticLayer(nn.Module):
         x = self.norm1(x)
         if self.windowed:
             order = window_order(h, w, self.window_size, 0, x.device)
-            x = split_windows(append_padding_token(x), order, self.window_size)
+            x = split_windows(x, order, self.window_size)
         for block in self.class_injection:
             prior, x = block(x)
         if self.windowed:

@@ -23,7 +23,6 @@ __all__ = [
     "SwinBlock",
     "WindowAttention",
     "WindowOrder",
-    "append_padding_token",
     "build_shift_mask",
     "merge_windows",
     "pad_to_multiple",
@@ -137,22 +136,25 @@ def window_order(h, w, window_size: int, shift: int, device: torch.device) -> Wi
     return _window_order_cached(h, w, window_size, shift, device)
 
 
-def append_padding_token(x: torch.Tensor) -> torch.Tensor:
-    """
-    (B, h * w, C) -> (B, h * w + 1, C): a zero token at index h * w, the token that
-    :func:`split_windows` reads at every padding position (no branch on the padding).
-    """
-    return F.pad(x, (0, 0, 0, 1))
-
-
-def split_windows(x: torch.Tensor, order: WindowOrder, window_size: int) -> torch.Tensor:
+def split_windows(
+    x: torch.Tensor,
+    order: WindowOrder,
+    window_size: int,
+    pad_token: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
     """
     Args:
-        x (Tensor): (B, h * w + 1, C) tokens of the grid `order` describes, followed by the
-            padding token (:func:`append_padding_token`).
+        x (Tensor): (B, h * w, C) tokens of the grid `order` describes.
+        pad_token (Tensor or None): (C,) value of the padding positions; zeros when None.
     Returns:
         Tensor: (B * num_windows, window_size * window_size, C).
     """
+    # One padding token at index h * w, read at every padding position: no branch on the
+    # padding.
+    if pad_token is None:
+        x = F.pad(x, (0, 0, 0, 1))
+    else:
+        x = torch.cat([x, pad_token.to(x.dtype).expand(x.shape[0], 1, -1)], dim=1)
     windows = x.index_select(1, order.gather)
     return windows.view(-1, window_size * window_size, x.shape[-1])
 
@@ -337,10 +339,9 @@ class SwinBlock(nn.Module):
         """
         ws, shift, attn = self.window_size, self.shift_size, self.attn
         order = window_order(h, w, ws, shift, x.device)
-        # qkv runs on the h * w tokens and one zero padding token (its qkv is the bias, as for
-        # the zero-padded windows), not on whole windows; padding outputs are dropped before
-        # proj.
-        qkv = split_windows(attn.qkv(append_padding_token(self.norm1(x))), order, ws)
+        # The projections run on the h * w tokens only: a padding token is zero after norm1,
+        # so its qkv is the bias, and its output is dropped before proj.
+        qkv = split_windows(attn.qkv(self.norm1(x)), order, ws, pad_token=attn.qkv.bias)
         y = merge_windows(attn.attend(qkv, mask=shift_mask if shift else None), order, x.shape[0])
         x = x + self.drop_path(attn.proj_drop(attn.proj(y)))
         return x + self.drop_path(self.mlp(self.norm2(x)))
