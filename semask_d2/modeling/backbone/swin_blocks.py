@@ -155,7 +155,7 @@ def split_windows(
         x = F.pad(x, (0, 0, 0, 1))
     else:
         x = torch.cat([x, pad_token.to(x.dtype).expand(x.shape[0], 1, -1)], dim=1)
-    windows = x.index_select(1, order.gather)
+    windows = _take_tokens(x, order.gather)
     return windows.view(-1, window_size * window_size, x.shape[-1])
 
 
@@ -163,7 +163,16 @@ def merge_windows(windows: torch.Tensor, order: WindowOrder, batch: int) -> torc
     """
     Inverse of :func:`split_windows`: (B * num_windows, N, C) -> (B, h * w, C), padding dropped.
     """
-    return windows.reshape(batch, -1, windows.shape[-1]).index_select(1, order.scatter)
+    return _take_tokens(windows.reshape(batch, -1, windows.shape[-1]), order.scatter)
+
+
+def _take_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """(B, T, C) tokens and (R,) indices into T -> (B, R, C)."""
+    # One row gather over the flattened batch: index_select along dim 0 of a matrix is 2-3x
+    # faster on CPU than along dim 1 of the (B, T, C) tensor.
+    b, t, c = x.shape
+    rows = torch.arange(b, device=index.device)[:, None] * t + index
+    return x.reshape(b * t, c).index_select(0, rows.flatten()).view(b, -1, c)
 
 
 def relative_position_index(window_size: int) -> torch.Tensor:
