@@ -175,11 +175,13 @@ class SemanticPriorLoss(nn.Module):
         Returns:
             Tensor: (B, K, H/s0, W/s0) sum of the prior maps at the finest stride s0.
         """
-        base = priors[self.in_features[0]]
+        # Contiguous: the backbone hands out channels-last views, and the CPU bilinear kernel
+        # is several times faster on contiguous maps.
+        base = priors[self.in_features[0]].contiguous()
         size = tuple(base.shape[-2:])
         total = base
         for name, steps in zip(self.in_features[1:], self.num_upsamples[1:]):
-            x = priors[name]
+            x = priors[name].contiguous()
             for _ in range(steps):
                 x = F.interpolate(
                     x, scale_factor=2.0, mode="bilinear", align_corners=self.align_corners

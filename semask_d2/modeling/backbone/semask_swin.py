@@ -373,8 +373,10 @@ class D2SeMaskSwinTransformer(Backbone):
                 out = getattr(self, f"norm{i}")(out)
                 outputs[name] = out.view(-1, h, w, out.shape[-1]).permute(0, 3, 1, 2).contiguous()
             if prior is not None:
+                # A channels-last view, not a copy: only the prior loss reads these maps, and it
+                # makes them contiguous itself (inference never pays for the copy).
                 prior = prior.view(-1, h, w, self.num_classes)
-                outputs[prior_feature_name(name)] = prior.permute(0, 3, 1, 2).contiguous()
+                outputs[prior_feature_name(name)] = prior.permute(0, 3, 1, 2)
             h, w = h_next, w_next
         return outputs
 
