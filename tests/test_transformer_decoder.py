@@ -55,6 +55,19 @@ class TestMultiScaleMaskedTransformerDecoder(unittest.TestCase):
         for key in ("pred_logits", "pred_masks"):
             torch.testing.assert_close(eval_out[key], train_out[key], rtol=1e-5, atol=1e-5)
 
+    def test_channels_last_mask_features(self):
+        # Channels-last mask features, as the pixel decoder makes them, take the oneDNN product
+        # in CPU inference: the logits einsum computes with autograd.
+        model = tiny_decoder().eval()
+        x, mask_features = tiny_inputs()
+        mask_features = mask_features.contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            fast = model(x, mask_features)["pred_masks"]
+        plain = model(x, mask_features)["pred_masks"]
+        self.assertTrue(plain.requires_grad)
+        self.assertGreater(plain.abs().max().item(), 0.1)
+        torch.testing.assert_close(fast, plain.detach(), rtol=0, atol=1e-5)
+
     def test_output_shapes(self):
         model = tiny_decoder()
         x, mask_features = tiny_inputs()
