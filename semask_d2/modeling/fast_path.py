@@ -2,7 +2,7 @@
 
 import torch
 
-__all__ = ["capturing_graph", "cpu_fast_path"]
+__all__ = ["capturing_graph", "cpu_fast_path", "needs_grad"]
 
 
 def capturing_graph() -> bool:
@@ -14,11 +14,16 @@ def capturing_graph() -> bool:
     return torch.jit.is_tracing() or torch.compiler.is_exporting() or torch.compiler.is_compiling()
 
 
+def needs_grad(*tensors: torch.Tensor) -> bool:
+    """Whether autograd records an op on `tensors`: grad mode on and one of them requires grad."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def cpu_fast_path(*tensors: torch.Tensor) -> bool:
     """
     Whether computing on `tensors` may take a CPU inference path (the deformable-attention
     gather, oneDNN linear layers, separable 2x resizing): all on the CPU, none needing a
     gradient, and no graph being captured. Training, GPUs and traces run the plain ops.
     """
-    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-    return all(t.device.type == "cpu" for t in tensors) and not needs_grad and not capturing_graph()
+    on_cpu = all(t.device.type == "cpu" for t in tensors)
+    return on_cpu and not needs_grad(*tensors) and not capturing_graph()

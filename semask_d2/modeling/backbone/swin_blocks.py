@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..fast_path import needs_grad
 from ..linear import Linear
 
 __all__ = [
@@ -298,7 +299,7 @@ class Mlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         hidden = self.fc1(x)
-        if torch.is_grad_enabled() and hidden.requires_grad:
+        if needs_grad(hidden):
             hidden = self.act(hidden)
         else:
             # In place without autograd: one (tokens, 4C) buffer fewer.

@@ -15,7 +15,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from ..bilinear_sampling import bilinear_sample, bilinear_sample_backward
-from ..fast_path import capturing_graph, cpu_fast_path
+from ..fast_path import capturing_graph, cpu_fast_path, needs_grad
 from ..linear import Linear, linear
 from .ms_deform_attn_gather import ms_deform_attn_gather
 
@@ -61,11 +61,7 @@ def ms_deform_attn(
     # In training a level's samples, (N*M, D, P, Lq), are recomputed in the backward pass
     # instead of kept for it: they are the largest activations of the pixel decoder. Traces
     # (flop counting, export) see the plain ops.
-    train = (
-        torch.is_grad_enabled()
-        and not capturing_graph()
-        and any(t.requires_grad for t in (value, sampling_locations, attention_weights))
-    )
+    train = needs_grad(value, sampling_locations, attention_weights) and not capturing_graph()
     output = None
     for level, (h, w) in enumerate(spatial_shapes):
         # (N, H*W, M, D) -> (N*M, D, H, W): grid_sample wants channels-first maps. A view, no
